@@ -1,0 +1,21 @@
+"""hf_lottery: lottery tickets and structured pruning for Hugging Face Transformers."""
+
+from .masks import TicketMask
+from .pruning import prune
+from .scoring import get_scoring, register_scoring, registered_methods
+from .selection import default_prunable_names, prunable_parameters
+from .selector import LayerCollapseError, select_mask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LayerCollapseError",
+    "TicketMask",
+    "default_prunable_names",
+    "get_scoring",
+    "prunable_parameters",
+    "prune",
+    "register_scoring",
+    "registered_methods",
+    "select_mask",
+]

@@ -1,0 +1,100 @@
+"""Keep pruned weights exactly zero during training: gradient hooks plus a weight reset after each step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+from .masks import TicketMask
+
+logger = logging.get_logger(__name__)
+
+
+class MaskEnforcer:
+    """Enforces a [`TicketMask`] on a model's parameters.
+
+    Gradients of pruned weights are zeroed as they are accumulated (so gradient clipping and the optimizer's
+    moments only ever see the live weights), and pruned weights are reset to zero after every optimizer step (so
+    no optimizer, weight decay or stale moment can revive them). The model's state-dict keys are untouched.
+    """
+
+    def __init__(self, model: nn.Module, mask: TicketMask):
+        mask.validate(model)
+        self.mask = mask
+        named = dict(model.named_parameters())
+        self._pruned: list[tuple[nn.Parameter, torch.Tensor]] = [
+            (named[name], (~m).to(named[name].device)) for name, m in mask.items() if not bool(m.all())
+        ]
+        self._hooks: list = []
+
+    @torch.no_grad()
+    def zero_weights(self) -> None:
+        """Zero the pruned weights in place."""
+        for param, pruned in self._pruned:
+            param.masked_fill_(pruned, 0.0)
+
+    @torch.no_grad()
+    def reset_optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Zero the optimizer state (momenta) of pruned weights, for masks that change mid-run."""
+        if optimizer is None:
+            return
+        for param, pruned in self._pruned:
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    value.masked_fill_(pruned, 0)
+
+    def attach(self) -> None:
+        """Register the gradient hooks and zero the pruned weights."""
+        self.detach()
+        for param, pruned in self._pruned:
+            if param.requires_grad:
+                self._hooks.append(param.register_post_accumulate_grad_hook(_grad_masker(pruned)))
+        self.zero_weights()
+
+    def detach(self) -> None:
+        """Remove the gradient hooks."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+def _grad_masker(pruned: torch.Tensor):
+    def hook(param: torch.Tensor) -> None:
+        if param.grad is not None:
+            param.grad.masked_fill_(pruned, 0.0)
+
+    return hook
+
+
+class MaskEnforcerCallback(TrainerCallback):
+    """Trainer callback applying a [`MaskEnforcer`] while training runs."""
+
+    def __init__(self, mask: TicketMask | None = None):
+        self.mask = mask
+        self.enforcer: MaskEnforcer | None = None
+
+    def set_mask(self, model: nn.Module, mask: Mapping[str, torch.Tensor] | None, optimizer=None) -> None:
+        """Switch to `mask` (None stops enforcing); zeros the newly pruned weights and their optimizer state."""
+        if self.enforcer is not None:
+            self.enforcer.detach()
+        self.mask = None if mask is None else (mask if isinstance(mask, TicketMask) else TicketMask(mask))
+        self.enforcer = None if self.mask is None else MaskEnforcer(model, self.mask)
+        if self.enforcer is not None:
+            self.enforcer.attach()
+            self.enforcer.reset_optimizer_state(optimizer)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.mask is not None and model is not None:
+            self.set_mask(model, self.mask, kwargs.get("optimizer"))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.enforcer is not None:
+            self.enforcer.zero_weights()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.enforcer is not None:
+            self.enforcer.detach()

@@ -1,0 +1,60 @@
+"""Per-round records of a lottery run: `lottery_history.json` and the metric-vs-sparsity plot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .io_utils import atomic_path, write_json
+
+_NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
+
+
+def main_metric(records: Sequence[dict[str, Any]], preferred: str | None = None) -> str | None:
+    """The metric to plot: `preferred` (e.g. `metric_for_best_model`), else the first task metric, else loss."""
+    if not records:
+        return None
+    metrics = records[-1].get("metrics", {})
+    if preferred:
+        key = preferred if preferred.startswith("eval_") else f"eval_{preferred}"
+        if key in metrics:
+            return key
+    for key in metrics:
+        if key.startswith("eval_") and key not in _NOT_METRICS:
+            return key
+    return "eval_loss" if "eval_loss" in metrics else None
+
+
+def write_history(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> None:
+    """Write the round records as JSON, atomically."""
+    write_json(path, {"rounds": list(records)})
+
+
+def plot_history(
+    path: str | os.PathLike, records: Sequence[dict[str, Any]], metric: str | None = None, title: str | None = None
+) -> bool:
+    """Plot `metric` against sparsity (one point per round) to a PNG, atomically. Returns False if nothing to plot."""
+    metric = main_metric(records, metric)
+    points = [(r["sparsity"], r["metrics"][metric]) for r in records if metric in r.get("metrics", {})]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    xs, ys = zip(*points, strict=True)
+    ax.plot([100 * x for x in xs], ys, marker="o", label="ticket")
+    ax.axhline(ys[0], color="grey", linestyle="--", linewidth=1, label="dense (round 0)")
+    ax.set_xlabel("sparsity of prunable weights (%)")
+    ax.set_ylabel(metric.removeprefix("eval_"))
+    ax.set_title(title or "Lottery ticket: metric vs sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True

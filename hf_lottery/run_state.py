@@ -1,0 +1,130 @@
+"""On-disk state of a lottery run, so that a killed run resumes where it stopped.
+
+Layout under `output_dir/lottery_state/`: `state.json` (round, phase, schedule, history), `theta0.safetensors`
+(the weights at the start of `train()`), `rewind_weights.safetensors` (rewind="step"), one
+`mask_round_{r}.safetensors` per round and `trained_round_{r}.safetensors` (weights at the end of the last
+finished round). Every file is written atomically; `state.json` is written last, so it never points at a file
+that is not complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, REWIND_WEIGHTS_NAME, ROUND_MASK_TEMPLATE, THETA0_NAME
+from .io_utils import load_tensors, save_tensors, write_json
+from .masks import TicketMask
+
+STATE_FORMAT_VERSION = 1
+
+
+def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of every parameter and persistent buffer, keyed by name (tied weights appear once)."""
+    weights = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()}
+    for module_name, module in model.named_modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if name not in module._non_persistent_buffers_set:
+                weights[f"{module_name}.{name}" if module_name else name] = buf.detach().to("cpu", copy=True)
+    return weights
+
+
+@torch.no_grad()
+def load_weights_(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` (from [`snapshot_weights`]) into `model` in place; every entry must exist with its shape."""
+    targets = dict(model.named_parameters())
+    targets.update(dict(model.named_buffers()))
+    for name, value in weights.items():
+        if name not in targets:
+            raise ValueError(f"Cannot rewind: the model has no parameter or buffer {name!r}.")
+        if targets[name].shape != value.shape:
+            raise ValueError(f"Cannot rewind {name!r}: shape {tuple(value.shape)} vs {tuple(targets[name].shape)}.")
+        targets[name].copy_(value)
+
+
+class RunState:
+    """Reads and writes the files of one lottery run (only the main process writes)."""
+
+    def __init__(self, output_dir: str | os.PathLike, should_write: bool = True):
+        self.dir = Path(output_dir) / LOTTERY_STATE_DIR
+        self.should_write = should_write
+
+    # -- state.json -------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.dir / LOTTERY_STATE_NAME).is_file()
+
+    def read(self) -> dict[str, Any]:
+        path = self.dir / LOTTERY_STATE_NAME
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"Cannot read the lottery run state {path}: {err}. Remove {self.dir} to start over."
+            ) from err
+        if state.get("format_version") != STATE_FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format version {state.get('format_version')!r}; this hf_lottery reads "
+                f"{STATE_FORMAT_VERSION}. Finish the run with the version that started it, or start over."
+            )
+        return state
+
+    def write(self, round_index: int, phase: str, schedule: list[float], history: list[dict[str, Any]]) -> None:
+        if self.should_write:
+            write_json(
+                self.dir / LOTTERY_STATE_NAME,
+                {
+                    "format_version": STATE_FORMAT_VERSION,
+                    "round": round_index,
+                    "phase": phase,
+                    "schedule": schedule,
+                    "history": history,
+                },
+            )
+
+    # -- tensors ----------------------------------------------------------------------------------------------
+    def _save(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        if self.should_write:
+            save_tensors(self.dir / name, tensors)
+
+    def _load(self, name: str) -> dict[str, torch.Tensor]:
+        path = self.dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"The lottery run state is missing {path}; remove {self.dir} to start over.")
+        return load_tensors(path)
+
+    def save_theta0(self, weights: dict[str, torch.Tensor]) -> None:
+        self._save(THETA0_NAME, weights)
+
+    def load_theta0(self) -> dict[str, torch.Tensor]:
+        return self._load(THETA0_NAME)
+
+    def save_rewind_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self._save(REWIND_WEIGHTS_NAME, weights)
+
+    def has_rewind_weights(self) -> bool:
+        return (self.dir / REWIND_WEIGHTS_NAME).is_file()
+
+    def load_rewind_weights(self) -> dict[str, torch.Tensor]:
+        return self._load(REWIND_WEIGHTS_NAME)
+
+    def save_trained(self, round_index: int, weights: dict[str, torch.Tensor]) -> None:
+        self._save(f"trained_round_{round_index}.safetensors", weights)
+        if self.should_write:
+            # Only the last finished round's weights are ever needed again.
+            for old in self.dir.glob("trained_round_*.safetensors"):
+                if old.name != f"trained_round_{round_index}.safetensors":
+                    old.unlink(missing_ok=True)
+
+    def load_trained(self, round_index: int) -> dict[str, torch.Tensor]:
+        return self._load(f"trained_round_{round_index}.safetensors")
+
+    def save_mask(self, round_index: int, mask: TicketMask) -> None:
+        self._save(ROUND_MASK_TEMPLATE.format(round=round_index), mask.to_dict())
+
+    def load_mask(self, round_index: int) -> TicketMask:
+        return TicketMask(self._load(ROUND_MASK_TEMPLATE.format(round=round_index)))
