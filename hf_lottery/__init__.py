@@ -1,15 +1,21 @@
 """hf_lottery: lottery tickets and structured pruning for Hugging Face Transformers."""
 
+from .arguments import LotteryArguments, sparsity_schedule
+from .callback import LotteryCallback
 from .masks import TicketMask
 from .pruning import prune
 from .scoring import get_scoring, register_scoring, registered_methods
 from .selection import default_prunable_names, prunable_parameters
 from .selector import LayerCollapseError, select_mask
+from .trainer import LotteryTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LayerCollapseError",
+    "LotteryArguments",
+    "LotteryCallback",
+    "LotteryTrainer",
     "TicketMask",
     "default_prunable_names",
     "get_scoring",
@@ -18,4 +24,5 @@ __all__ = [
     "register_scoring",
     "registered_methods",
     "select_mask",
+    "sparsity_schedule",
 ]
