@@ -51,7 +51,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
             return NotImplemented
-        if list(self.keys()) != list(other.keys()):
+        if set(self.keys()) != set(other.keys()):
             return False
         return all(
             self[k].shape == other[k].shape and bool(torch.equal(self[k], other[k].bool())) for k in self._masks

@@ -61,8 +61,8 @@ def prune(
     if mask is not None:
         mask = mask if isinstance(mask, TicketMask) else TicketMask(mask)
         mask.validate(model)
-        named = dict(model.named_parameters())
-        parameters = {name: named[name] for name in mask}
+        # Model order, not the mask's: tie-breaking follows tensor order, and a mask read from disk is sorted.
+        parameters = {name: p for name, p in model.named_parameters() if name in mask}
     else:
         parameters = prunable_parameters(model, prune_modules)
     scores = get_scoring(method)(model, parameters, mask, seed=seed, **method_kwargs)

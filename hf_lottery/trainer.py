@@ -23,6 +23,8 @@ from .selection import prunable_parameters
 
 logger = logging.get_logger(__name__)
 
+_TIMING_SUFFIXES = ("_runtime", "_per_second")
+
 
 class _RewindPointCallback(TrainerCallback):
     """Saves the weights after `rewind_step` optimizer steps of round 0 (rewind="step")."""
@@ -225,10 +227,10 @@ class LotteryTrainer(Trainer):
             )
         if checkpoint is None:
             self._rewind(round_index)
-            # Each round starts from its own seed, so a resumed run repeats exactly what an uninterrupted one does.
-            enable_full_determinism(args.seed + round_index) if args.full_determinism else set_seed(
-                args.seed + round_index
-            )
+        # Each round starts from its own seed, also when it resumes: accelerate seeds the data order from the
+        # global seed when the dataloader is built (the Trainer then restores the checkpoint's RNG for dropout).
+        seed = args.seed + round_index
+        enable_full_determinism(seed) if args.full_determinism else set_seed(seed)
         logger.info(
             "Lottery round %d/%d: sparsity %.1f%% (%s)%s",
             round_index,
@@ -264,13 +266,18 @@ class LotteryTrainer(Trainer):
         return output
 
     def _round_metrics(self, ignore_keys_for_eval) -> dict[str, float]:
+        """The round's eval metrics, without timings (those go to `seconds`)."""
         if self.eval_dataset is None:
             return {}
+        metrics = None
         # Reuse an evaluation the Trainer already ran at the last step (eval_strategy) rather than repeat it.
         for entry in reversed(self.state.log_history):
             if entry.get("step") == self.state.global_step and "eval_loss" in entry:
-                return {k: v for k, v in entry.items() if k.startswith("eval_")}
-        return self.evaluate(ignore_keys=ignore_keys_for_eval)
+                metrics = entry
+                break
+        if metrics is None:
+            metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
+        return {k: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(_TIMING_SUFFIXES)}
 
     def _round_hyperparameters(self, round_index: int):
         """Fine-tuning baseline (rewind='none'): later rounds train at a constant, lower learning rate."""

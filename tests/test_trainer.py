@@ -1,0 +1,233 @@
+"""LotteryTrainer: rounds, rewinding to exact weights, exact zeros, history, callbacks, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model, toy_dataset
+from transformers import TrainerCallback
+
+from hf_lottery import LotteryArguments, LotteryTrainer
+from hf_lottery.run_state import snapshot_weights
+
+
+def accuracy(p):
+    return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+
+def make_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        num_train_epochs=1,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        target_sparsity=0.5,
+        pruning_rate=0.25,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=7,
+    )
+    values.update(overrides)
+    return LotteryArguments(**values)
+
+
+class Recorder(TrainerCallback):
+    """Records weights and learning rates at round boundaries."""
+
+    def __init__(self, trainer_ref):
+        self.trainer_ref = trainer_ref
+        self.begin, self.end, self.first_lr, self.step_weights = {}, {}, {}, {}
+        self.train_begin_calls = 0
+        self.train_end_calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.train_begin_calls += 1
+        self.begin[self.trainer_ref[0].lottery_round] = snapshot_weights(model)
+
+    def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        r = self.trainer_ref[0].lottery_round
+        if state.global_step == 1:
+            self.first_lr[r] = kwargs["optimizer"].param_groups[0]["lr"]
+        self.step_weights[(r, state.global_step)] = snapshot_weights(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.train_end_calls += 1
+        self.end[self.trainer_ref[0].lottery_round] = snapshot_weights(model)
+
+
+def run(tmp_path, **overrides):
+    model = tiny_model(seed=1)
+    theta0 = snapshot_weights(model)
+    ref = [None]
+    recorder = Recorder(ref)
+    trainer = LotteryTrainer(
+        model=model,
+        args=make_args(tmp_path, **overrides),
+        train_dataset=toy_dataset(64),
+        eval_dataset=toy_dataset(32, seed=1),
+        compute_metrics=accuracy,
+        callbacks=[recorder],
+    )
+    ref[0] = trainer
+    trainer.train()
+    return trainer, recorder, theta0
+
+
+def _masked(weights, mask):
+    return {n: (w * mask[n] if n in mask else w) for n, w in weights.items()}
+
+
+def _assert_equal_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_rounds_schedule_history_and_files(tmp_path):
+    trainer, recorder, _ = run(tmp_path)
+    history = trainer.lottery_history
+    assert [r["round"] for r in history] == [0, 1, 2]
+    assert [r["sparsity"] for r in history] == pytest.approx([0.0, 0.25, 0.5])
+    assert trainer.ticket.sparsity == pytest.approx(0.5, abs=1e-4)
+    assert all("eval_accuracy" in r["metrics"] and r["steps"] == 4 for r in history)
+    assert "bert.pooler.dense.weight" in history[-1]["tensor_sparsity"]
+    # each round is a training run for callbacks
+    assert recorder.train_begin_calls == recorder.train_end_calls == 3
+    out = tmp_path / "run"
+    saved = json.loads((out / "lottery_history.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [0, 1, 2]
+    assert (out / "sparsity_plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rewind_pretrained_restores_theta0_masked_including_head(tmp_path):
+    trainer, recorder, theta0 = run(tmp_path)
+    state = trainer._run_state
+    for r in (1, 2):
+        mask = state.load_mask(r)
+        _assert_equal_weights(recorder.begin[r], _masked(theta0, mask))
+    # the head was trained in round 0 and rewound afterwards
+    assert not torch.equal(recorder.end[0]["classifier.weight"], theta0["classifier.weight"])
+
+
+def test_rewind_step_restores_weights_after_step_k(tmp_path):
+    trainer, recorder, _ = run(tmp_path, rewind="step", rewind_step=2)
+    after_step_2 = recorder.step_weights[(0, 2)]
+    for r in (1, 2):
+        _assert_equal_weights(recorder.begin[r], _masked(after_step_2, trainer._run_state.load_mask(r)))
+
+
+def test_rewind_step_beyond_round0_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="rewind_step=99 was never reached"):
+        run(tmp_path, rewind="step", rewind_step=99)
+
+
+def test_lr_rewinding_keeps_trained_weights_and_restarts_schedule(tmp_path):
+    trainer, recorder, _ = run(tmp_path, rewind="lr", warmup_steps=0)
+    for r in (1, 2):
+        _assert_equal_weights(recorder.begin[r], _masked(recorder.end[r - 1], trainer._run_state.load_mask(r)))
+        assert recorder.first_lr[r] == pytest.approx(recorder.first_lr[0])
+
+
+def test_finetune_baseline_uses_low_constant_lr(tmp_path):
+    trainer, recorder, _ = run(tmp_path, rewind="none")
+    for r in (1, 2):
+        _assert_equal_weights(recorder.begin[r], _masked(recorder.end[r - 1], trainer._run_state.load_mask(r)))
+        assert recorder.first_lr[r] == pytest.approx(1e-4)
+    assert trainer.args.learning_rate == 1e-3  # restored after the round
+
+
+def test_pruned_weights_stay_exactly_zero_through_adamw(tmp_path):
+    trainer, recorder, _ = run(tmp_path, weight_decay=0.5)
+    for (r, _step), weights in recorder.step_weights.items():
+        if r == 0:
+            continue
+        mask = trainer._run_state.load_mask(r)
+        for name, m in mask.items():
+            assert torch.count_nonzero(weights[name][~m]) == 0, (r, name)
+    # kept weights did train
+    mask = trainer.ticket
+    name = next(iter(mask))
+    assert not torch.equal(recorder.begin[2][name][mask[name]], recorder.end[2][name][mask[name]])
+
+
+def test_checkpoints_keep_vanilla_keys(tmp_path):
+    run(tmp_path, save_strategy="epoch")
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "run" / "round_1" / "checkpoint-4" / "model.safetensors"
+    keys = set(load_file(str(ckpt)))
+    assert keys == set(tiny_model().state_dict()) - {"bert.embeddings.position_ids"} or keys <= set(
+        tiny_model().state_dict()
+    )
+    assert not any("orig" in k or "mask" in k or "parametriz" in k for k in keys)
+
+
+def test_rejects_plain_training_arguments_and_optimizers(tmp_path):
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="LotteryArguments"):
+        LotteryTrainer(model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path)))
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="optimizer_cls_and_kwargs"):
+        LotteryTrainer(model=model, args=make_args(tmp_path), optimizers=(opt, None))
+
+
+class Interrupt(Exception):
+    pass
+
+
+class KillAt(TrainerCallback):
+    def __init__(self, ref, round_index, step):
+        self.ref, self.round_index, self.step = ref, round_index, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.ref[0].lottery_round == self.round_index and state.global_step == self.step:
+            raise Interrupt
+
+
+@pytest.mark.parametrize("kill_round,kill_step", [(0, 3), (1, 1), (2, 3)])
+def test_kill_and_resume_gives_the_same_ticket(tmp_path, kill_round, kill_step):
+    overrides = dict(save_strategy="steps", save_steps=2, num_train_epochs=2)
+    reference, _, _ = run(tmp_path / "ref", **overrides)
+
+    ref = [None]
+    trainer = LotteryTrainer(
+        model=tiny_model(seed=1),
+        args=make_args(tmp_path / "killed", **overrides),
+        train_dataset=toy_dataset(64),
+        eval_dataset=toy_dataset(32, seed=1),
+        compute_metrics=accuracy,
+        callbacks=[KillAt(ref, kill_round, kill_step)],
+    )
+    ref[0] = trainer
+    with pytest.raises(Interrupt):
+        trainer.train()
+
+    resumed = LotteryTrainer(
+        model=tiny_model(seed=99),  # weights come from the saved state, not from this model
+        args=make_args(tmp_path / "killed", **overrides),
+        train_dataset=toy_dataset(64),
+        eval_dataset=toy_dataset(32, seed=1),
+        compute_metrics=accuracy,
+    )
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.ticket == reference.ticket
+
+    # seconds and train_loss describe the train() call that finished the round, so they differ after a kill
+    def strip(history):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "train_loss")} for r in history]
+
+    assert strip(resumed.lottery_history) == strip(reference.lottery_history)
+    final_ref = snapshot_weights(reference.model)
+    _assert_equal_weights(snapshot_weights(resumed.model), final_ref)
+
+
+def test_resume_without_state_fails_clearly(tmp_path):
+    trainer = LotteryTrainer(model=tiny_model(), args=make_args(tmp_path), train_dataset=toy_dataset(16))
+    with pytest.raises(ValueError, match="No lottery run to resume"):
+        trainer.train(resume_from_checkpoint=True)
