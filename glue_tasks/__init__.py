@@ -1,0 +1,21 @@
+"""
+GLUE for hf_lottery: the nine tasks as data, loading from the Hub or the original files, the official
+metrics offline, and the lottery-ticket hyperparameters of Chen et al. (2020) per task.
+
+```python
+from glue_tasks import TASKS, compute_metrics_fn, load_glue, load_recipe
+
+sst2 = load_glue("sst2")                                 # Hub: nyu-mll/glue
+sst2 = load_glue("sst2", data_dir="glue_data")           # original GLUE files, offline
+compute_metrics = compute_metrics_fn("sst2")             # for transformers.Trainer
+recipe = load_recipe("sst2")                             # learning_rate, target_sparsity, ...
+```
+"""
+
+from .tasks import TASKS, GlueTask, get_task
+
+__all__ = [
+    "GlueTask",
+    "TASKS",
+    "get_task",
+]
