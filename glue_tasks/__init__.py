@@ -12,10 +12,13 @@ recipe = load_recipe("sst2")                             # learning_rate, target
 ```
 """
 
+from .metrics import GLUE_METRIC_PATH, compute_metrics_fn
 from .tasks import TASKS, GlueTask, get_task
 
 __all__ = [
+    "GLUE_METRIC_PATH",
     "GlueTask",
     "TASKS",
+    "compute_metrics_fn",
     "get_task",
 ]
