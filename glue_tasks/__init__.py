@@ -13,6 +13,7 @@ recipe = load_recipe("sst2")                             # learning_rate, target
 """
 
 from .metrics import GLUE_METRIC_PATH, compute_metrics_fn
+from .recipes import load_recipe
 from .tasks import TASKS, GlueTask, get_task
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "TASKS",
     "compute_metrics_fn",
     "get_task",
+    "load_recipe",
 ]
