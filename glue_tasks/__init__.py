@@ -14,6 +14,7 @@ recipe = load_recipe("sst2")                             # learning_rate, target
 
 from .metrics import GLUE_METRIC_PATH, compute_metrics_fn
 from .recipes import load_recipe
+from .sample import sample_dataset_dir
 from .tasks import TASKS, GlueTask, get_task
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "compute_metrics_fn",
     "get_task",
     "load_recipe",
+    "sample_dataset_dir",
 ]
