@@ -12,17 +12,22 @@ recipe = load_recipe("sst2")                             # learning_rate, target
 ```
 """
 
+from .loading import hub_features, load_glue
 from .metrics import GLUE_METRIC_PATH, compute_metrics_fn
 from .recipes import load_recipe
 from .sample import sample_dataset_dir
 from .tasks import TASKS, GlueTask, get_task
+from .tsv import GlueFormatError
 
 __all__ = [
     "GLUE_METRIC_PATH",
+    "GlueFormatError",
     "GlueTask",
     "TASKS",
     "compute_metrics_fn",
     "get_task",
+    "hub_features",
+    "load_glue",
     "load_recipe",
     "sample_dataset_dir",
 ]
