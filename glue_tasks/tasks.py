@@ -90,7 +90,7 @@ def _classification(
 
 
 # Label orders are the Hub's (they differ between tasks: RTE/QNLI put "entailment" first, WNLI last).
-# Main metrics follow Chen et al. (2020), Table 1: accuracy everywhere (MNLI: matched accuracy)
+# Main metrics follow the evaluation metrics of Chen et al. (2020): accuracy (MNLI: matched accuracy)
 # except Matthews correlation for CoLA and Pearson correlation for STS-B.
 TASKS: dict[str, GlueTask] = {
     task.name: task

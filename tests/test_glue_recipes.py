@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 from glue_tasks import TASKS, load_recipe
 from glue_tasks.recipes import DATA_KEYS, LOTTERY_KEYS, RECIPE_DIR
 
-# Winning-ticket sparsity Chen et al. (2020) report for BERT-base (Table 2).
+# Winning-ticket sparsity Chen et al. (2020) report for BERT-base.
 PAPER_SPARSITY = {
     "mnli": 0.7,
     "qqp": 0.9,
