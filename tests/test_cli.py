@@ -1,0 +1,145 @@
+"""hf-lottery find-ticket: argument parsing (recipes, JSON, errors) and an end-to-end run on real SST-2 rows."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from conftest import tiny_model
+
+from hf_lottery.cli import main, parse_args
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A tiny random BERT with a character-level WordPiece tokenizer, saved like a Hub model."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits]
+    vocab += [f"##{c}" for c in string.ascii_lowercase + string.digits] + list(string.punctuation)
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
+    model = tiny_model(vocab_size=len(vocab), max_position_embeddings=80)
+    folder = tmp_path / "tiny-bert"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_recipe_gives_defaults_and_flags_win(tmp_path):
+    _, data, args = parse_args(
+        [
+            "--task_name",
+            "mrpc",
+            "--model_name_or_path",
+            "m",
+            "--recipe",
+            "--output_dir",
+            str(tmp_path),
+            "--learning_rate",
+            "3e-5",
+        ]
+    )
+    assert data.max_seq_length == 128
+    assert args.learning_rate == 3e-5  # the flag wins
+    assert args.target_sparsity == 0.5 and args.pruning_rate == 0.1 and args.rewind == "pretrained"
+    assert args.per_device_train_batch_size == 32
+
+
+def test_json_file(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(
+        json.dumps(
+            {
+                "task_name": "rte",
+                "model_name_or_path": "m",
+                "output_dir": str(tmp_path),
+                "target_sparsity": 0.7,
+                "rewind": "lr",
+            }
+        )
+    )
+    model, data, args = parse_args([str(path)])
+    assert (model.model_name_or_path, data.task_name, args.target_sparsity, args.rewind) == ("m", "rte", 0.7, "lr")
+
+
+def test_missing_arguments_fail_clearly(tmp_path):
+    with pytest.raises(SystemExit, match="model_name_or_path"):
+        parse_args(["--task_name", "sst2", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="task_name"):
+        parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        parse_args(
+            [
+                "--task_name",
+                "sst2",
+                "--model_name_or_path",
+                "m",
+                "--output_dir",
+                str(tmp_path),
+                "--rewind",
+                "sometimes",
+            ]
+        )
+
+
+def test_usage(capsys):
+    assert main([]) == 0
+    assert "find-ticket" in capsys.readouterr().out
+    assert main(["nonsense"]) == 2
+
+
+def test_find_ticket_end_to_end_on_real_sst2_rows(tmp_path, model_dir, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    from glue_tasks import sample_dataset_dir
+
+    out = tmp_path / "out"
+    code = main(
+        [
+            "find-ticket",
+            "--task_name",
+            "sst2",
+            "--data_dir",
+            str(sample_dataset_dir()),
+            "--model_name_or_path",
+            str(model_dir),
+            "--max_train_samples",
+            "48",
+            "--max_eval_samples",
+            "24",
+            "--max_seq_length",
+            "64",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "16",
+            "--learning_rate",
+            "1e-3",
+            "--target_sparsity",
+            "0.5",
+            "--pruning_rate",
+            "0.25",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    assert code == 0
+    history = json.loads((out / "lottery_history.json").read_text())["rounds"]
+    assert [round(r["sparsity"], 3) for r in history] == [0.0, 0.25, 0.5]
+    assert all("eval_accuracy" in r["metrics"] for r in history)
+    table = capsys.readouterr().out
+    assert "accuracy" in table and "50.0%" in table
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    params = dict(model.named_parameters())
+    zeros = sum(int((params[n] == 0).sum()) for n in history[-1]["tensor_sparsity"])
+    total = sum(params[n].numel() for n in history[-1]["tensor_sparsity"])
+    assert zeros / total >= 0.5
