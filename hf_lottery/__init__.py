@@ -1,5 +1,6 @@
 """hf_lottery: lottery tickets and structured pruning for Hugging Face Transformers."""
 
+from .hub import TicketConfig, TicketUploadError, save_sparse_model
 from .masks import TicketMask
 from .pruning import prune
 from .scoring import get_scoring, register_scoring, registered_methods
@@ -10,12 +11,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LayerCollapseError",
+    "TicketConfig",
     "TicketMask",
+    "TicketUploadError",
     "default_prunable_names",
     "get_scoring",
     "prunable_parameters",
     "prune",
     "register_scoring",
     "registered_methods",
+    "save_sparse_model",
     "select_mask",
 ]
