@@ -128,7 +128,8 @@ def _rice_decode(data: np.ndarray, n: int, fields: Mapping[str, Any]) -> np.ndar
         gaps <<= k
         for j in range(k):
             gaps |= bits[:, j].astype(np.int64) << (k - 1 - j)
-    positions = np.cumsum(gaps + 1) - 1
+    gaps += 1
+    positions = np.cumsum(gaps, out=gaps) - 1
     if positions[-1] != n:
         raise _Corrupt(f"the gaps decode to {int(positions[-1])} entries, the shape has {n}")
     flat = np.full(n, not minority, dtype=bool)
