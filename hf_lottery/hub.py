@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -207,6 +208,16 @@ class TicketConfig:
                 f"{source} has ticket format version {version}, but this hf_lottery reads versions up to "
                 f"{TICKET_FORMAT_VERSION}. Upgrade hf_lottery (pip install -U hf-lottery) to load this ticket."
             )
+        expected = {"prunable_parameters": list, "history": list, "lottery_args": dict, "model_kwargs": dict}
+        for key, kind in expected.items():
+            if key in data and not isinstance(data[key], kind):
+                raise ValueError(f"{source}: {key!r} must be a {kind.__name__}, got {type(data[key]).__name__}.")
+        entries = data.get("prunable_parameters", [])
+        if not all(
+            isinstance(e, Mapping) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
+            for e in entries
+        ):
+            raise ValueError(f"{source}: every entry of 'prunable_parameters' needs a 'name' and a 'shape'.")
         return cls.from_metadata(data)
 
     @classmethod
@@ -532,6 +543,9 @@ def load_ticket(
     from .masks import TicketMask
     from .serialization import load_masks
 
+    unknown = set(hub_kwargs) - set(inspect.signature(huggingface_hub.hf_hub_download).parameters)
+    if unknown:
+        raise TypeError(f"Unexpected arguments for loading a ticket: {', '.join(sorted(unknown))}.")
     config_file, mask_file, label = _resolve(pretrained_ticket_name_or_path, subfolder, revision, hub_kwargs)
     config = TicketConfig.from_json_file(config_file)
     masks = load_masks(mask_file)

@@ -199,12 +199,12 @@ class TicketMask(Mapping[str, torch.Tensor]):
         """
         from .hub import push_ticket, save_ticket
 
+        if push_kwargs and not push_to_hub:
+            raise TypeError(f"Unexpected arguments without push_to_hub=True: {', '.join(push_kwargs)}.")
         if push_to_hub and is_main_process:
             repo_id = push_kwargs.pop("repo_id", None) or Path(save_directory).name
             push_ticket(self, repo_id, save_directory=save_directory, **push_kwargs)
             return Path(save_directory)
-        if push_kwargs:
-            raise TypeError(f"Unexpected arguments without push_to_hub=True: {', '.join(push_kwargs)}.")
         return save_ticket(self, save_directory, is_main_process=is_main_process, create_card=create_card)
 
     @classmethod

@@ -222,6 +222,13 @@ def test_unknown_format_version(ticket, tmp_path):
     (out / TICKET_CONFIG_NAME).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         TicketMask.from_pretrained(out)
+    data["format_version"] = TICKET_FORMAT_VERSION
+    data["prunable_parameters"] = "everything"
+    (out / TICKET_CONFIG_NAME).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="'prunable_parameters' must be a list"):
+        TicketMask.from_pretrained(out)
+    with pytest.raises(TypeError, match="revison"):
+        TicketMask.from_pretrained(out, revison="main")
 
 
 def test_truncated_and_corrupted_mask_file(ticket, tmp_path):
