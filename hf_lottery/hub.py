@@ -80,6 +80,12 @@ _TRAINING_HYPERPARAMETERS = (
     "lr_scheduler_type",
     "seed",
 )
+# Arguments `from_pretrained` passes on to `huggingface_hub.hf_hub_download`.
+_DOWNLOAD_ARGUMENTS = frozenset(inspect.signature(huggingface_hub.hf_hub_download).parameters) - {
+    "repo_id",
+    "filename",
+}
+TICKET_FILES = (TICKET_CONFIG_NAME, TICKET_MASK_NAME, TICKET_CARD_NAME, SPARSITY_PLOT_NAME)
 # Weight files of a `save_pretrained` checkpoint; stale ones are removed when a sparse model is saved over another.
 _WEIGHT_FILE = re.compile(r"^(model|pytorch_model)([-.].*)?\.(safetensors|bin)(\.index\.json)?$")
 
@@ -486,50 +492,34 @@ def save_sparse_model(
 
 
 # -- Loading --------------------------------------------------------------------------------------------------
-def _resolve(
-    name_or_path: str | os.PathLike,
-    subfolder: str | None,
-    revision: str | None,
-    hub_kwargs: dict[str, Any],
-) -> tuple[Path, Path, str]:
-    """Paths of the config and mask files: a local folder first, then the Hub. Also a label for messages."""
+def _local_folder(name_or_path: str | os.PathLike, subfolder: str | None) -> Path | None:
+    """The local ticket folder meant by `name_or_path`/`subfolder`, or None when it is no local folder."""
     folder = Path(name_or_path, subfolder) if subfolder else Path(name_or_path)
-    if folder.is_dir():
-        config_file, mask_file = folder / TICKET_CONFIG_NAME, folder / TICKET_MASK_NAME
-        if not config_file.is_file():
-            partial = " (a mask but no config: it was not completely written)" if mask_file.is_file() else ""
-            raise ValueError(f"{folder} is not a ticket folder: {TICKET_CONFIG_NAME} is missing{partial}.")
-        if not mask_file.is_file():
-            raise ValueError(
-                f"{folder} holds {TICKET_CONFIG_NAME} but not {TICKET_MASK_NAME}; the ticket is incomplete."
-            )
-        return config_file, mask_file, str(folder)
+    if not folder.is_dir():
+        return None
+    config_file, mask_file = folder / TICKET_CONFIG_NAME, folder / TICKET_MASK_NAME
+    if not config_file.is_file():
+        partial = " (a mask but no config: it was not completely written)" if mask_file.is_file() else ""
+        raise ValueError(f"{folder} is not a ticket folder: {TICKET_CONFIG_NAME} is missing{partial}.")
+    if not mask_file.is_file():
+        raise ValueError(f"{folder} holds {TICKET_CONFIG_NAME} but not {TICKET_MASK_NAME}; the ticket is incomplete.")
+    return folder
+
+
+def _download(repo_id: str, filename: str, label: str, **kwargs: Any) -> Path:
     from . import __version__
 
-    repo_id = str(name_or_path)
-    label = f"{repo_id}{'/' + subfolder if subfolder else ''}{'@' + revision if revision else ''}"
-    paths = []
-    for filename in (TICKET_CONFIG_NAME, TICKET_MASK_NAME):
-        try:
-            paths.append(
-                Path(
-                    huggingface_hub.hf_hub_download(
-                        repo_id,
-                        filename,
-                        subfolder=subfolder,
-                        revision=revision,
-                        library_name=LIBRARY_NAME,
-                        library_version=__version__,
-                        **hub_kwargs,
-                    )
-                )
+    try:
+        return Path(
+            huggingface_hub.hf_hub_download(
+                repo_id, filename, library_name=LIBRARY_NAME, library_version=__version__, **kwargs
             )
-        except Exception as err:
-            raise OSError(
-                f"Can't load a ticket from {label!r}: it is not a local folder, and downloading {filename} from the "
-                f"Hub failed ({type(err).__name__}: {err})."
-            ) from err
-    return paths[0], paths[1], label
+        )
+    except Exception as err:
+        raise OSError(
+            f"Can't load a ticket from {label!r}: it is not a local folder, and downloading {filename} from the "
+            f"Hub failed ({type(err).__name__}: {err})."
+        ) from err
 
 
 def load_ticket(
@@ -539,15 +529,25 @@ def load_ticket(
     subfolder: str | None = None,
     **hub_kwargs: Any,
 ) -> TicketMask:
-    """Read a ticket folder or Hub repository (see [`TicketMask.from_pretrained`])."""
+    """Read a ticket folder or Hub repository (see [`TicketMask.from_pretrained`]): local folder first."""
     from .masks import TicketMask
     from .serialization import load_masks
 
-    unknown = set(hub_kwargs) - set(inspect.signature(huggingface_hub.hf_hub_download).parameters)
+    unknown = set(hub_kwargs) - _DOWNLOAD_ARGUMENTS
     if unknown:
         raise TypeError(f"Unexpected arguments for loading a ticket: {', '.join(sorted(unknown))}.")
-    config_file, mask_file, label = _resolve(pretrained_ticket_name_or_path, subfolder, revision, hub_kwargs)
-    config = TicketConfig.from_json_file(config_file)
+    folder = _local_folder(pretrained_ticket_name_or_path, subfolder)
+    if folder is not None:
+        label = str(folder)
+        config_file, mask_file = folder / TICKET_CONFIG_NAME, folder / TICKET_MASK_NAME
+        config = TicketConfig.from_json_file(config_file)
+    else:
+        repo_id = str(pretrained_ticket_name_or_path)
+        label = f"{repo_id}{'/' + subfolder if subfolder else ''}{'@' + revision if revision else ''}"
+        download = dict(subfolder=subfolder, revision=revision, **hub_kwargs)
+        config_file = _download(repo_id, TICKET_CONFIG_NAME, label, **download)
+        config = TicketConfig.from_json_file(config_file)  # an unknown format version stops here
+        mask_file = _download(repo_id, TICKET_MASK_NAME, label, **download)
     masks = load_masks(mask_file)
     recorded = [(e.get("name"), list(e.get("shape", []))) for e in config.prunable_parameters]
     stored = [(name, list(m.shape)) for name, m in masks.items()]
@@ -655,10 +655,10 @@ def push_ticket(
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision is not None and not revision.startswith("refs/pr"):
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        operations = [
-            huggingface_hub.CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
-            for p in sorted(local.iterdir())
-            if p.is_file()
+        operations = [  # the ticket's own files only: a kept save_directory may hold others
+            huggingface_hub.CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local / name))
+            for name in sorted(TICKET_FILES)
+            if (local / name).is_file()
         ]
         info = api.create_commit(
             repo_id,

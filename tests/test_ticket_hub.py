@@ -91,6 +91,8 @@ def fake_hub(monkeypatch, tmp_path) -> FakeHub:
 
 def test_push_is_one_commit_of_the_folder(ticket, fake_hub, tmp_path):
     keep = tmp_path / "kept"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("not part of the ticket")
     result = ticket.push_to_hub("user/tiny-ticket", private=True, commit_message="ticket at 60%", save_directory=keep)
     assert result == "commit-url"
     assert fake_hub.names() == ["create_repo", "create_commit"]
@@ -170,3 +172,18 @@ def test_download_failure_is_clear(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError, match=r"not a local folder.*ticket_config\.json.*offline"):
         TicketMask.from_pretrained("user/absent")
+
+
+def test_newer_format_on_the_hub_stops_before_the_mask(ticket, fake_hub, tmp_path, monkeypatch):
+    import json
+
+    ticket.push_to_hub("user/t")
+    files = fake_hub.repos[("user/t", "main")]
+    config = json.loads(files[TICKET_CONFIG_NAME])
+    config["format_version"] = 99
+    files[TICKET_CONFIG_NAME] = json.dumps(config).encode()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="format version 99"):
+        TicketMask.from_pretrained("user/t")
+    downloads = [c["filename"] for n, c in fake_hub.calls if n == "hf_hub_download"]
+    assert downloads == [TICKET_CONFIG_NAME]
