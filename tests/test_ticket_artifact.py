@@ -372,3 +372,17 @@ def test_sparse_model_rejects_mismatched_mask(ticket, tmp_path):
     with pytest.raises(ValueError, match="bert.encoder.layer.0.attention.self.query.weight"):
         save_sparse_model(tiny_model("roberta"), ticket, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_config_records_lottery_arguments(base_dir, tmp_path):
+    from hf_lottery.arguments import LotteryArguments
+
+    args = LotteryArguments(output_dir=str(tmp_path / "o"), target_sparsity=0.6, rewind="lr", report_to="none")
+    model = load_base(base_dir)
+    mask = prune(model, 0.6)
+    config = TicketConfig.from_model(model, mask, lottery_args=args, history=HISTORY, metric="eval_accuracy")
+    assert config.pruning_method == "magnitude"
+    assert config.lottery_args["target_sparsity"] == 0.6 and config.lottery_args["rewind"] == "lr"
+    assert "learning_rate" in config.lottery_args and "output_dir" not in config.lottery_args
+    loaded = TicketMask.from_pretrained(mask.with_metadata(config.to_dict()).save_pretrained(tmp_path / "t"))
+    assert loaded.config.lottery_args["lr_scheduler_type"] == "linear"  # enums stored as their value
