@@ -161,6 +161,8 @@ def main() -> None:
         n = rows[0]["n"]
         worst = max(rows, key=lambda r: r["ratio"])
         slowest = max(rows, key=lambda r: r["decode_s"])
+        env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+        command = env + " ".join(["python", *sys.argv])
         text = f"""# Mask codec benchmark (`bench/mask_codec.py`)
 
 Masks over the {len(shapes)} prunable tensors of BERT-base ({n:,} weights), saved with
@@ -170,7 +172,7 @@ gaps) and read back with `load_masks` (file read, digest checks, decoding, `torc
 of {args.repeats} reads.
 
 - Machine: {machine()}
-- Command: `{" ".join(["python", *sys.argv])}` (torch threads: 1; numpy decoding is single-threaded)
+- Command: `{command}` (torch threads: 1; numpy decoding is single-threaded)
 - Worst file/bound ratio: {worst["ratio"]:.4f} ({worst["kind"]}, {100 * worst["sparsity"]:.1f}% sparsity);
   slowest decode: {slowest["decode_s"]:.3f} s ({slowest["kind"]}, {100 * slowest["sparsity"]:.1f}%).
 
