@@ -2,6 +2,7 @@
 
 from .arguments import LotteryArguments, sparsity_schedule
 from .callback import LotteryCallback
+from .hub import TicketConfig, TicketUploadError, save_sparse_model
 from .masks import TicketMask
 from .pruning import prune
 from .scoring import get_scoring, register_scoring, registered_methods
@@ -16,13 +17,16 @@ __all__ = [
     "LotteryArguments",
     "LotteryCallback",
     "LotteryTrainer",
+    "TicketConfig",
     "TicketMask",
+    "TicketUploadError",
     "default_prunable_names",
     "get_scoring",
     "prunable_parameters",
     "prune",
     "register_scoring",
     "registered_methods",
+    "save_sparse_model",
     "select_mask",
     "sparsity_schedule",
 ]

@@ -17,3 +17,12 @@ ROUND_DIR_TEMPLATE = "round_{round}"
 TICKET_DIR_NAME = "ticket"
 
 SAFETENSORS_METADATA = {"format": "pt"}
+
+# Ticket artifact format.
+TICKET_FORMAT_VERSION = 1  # version of ticket_config.json; readers refuse newer ones
+MASK_FORMAT_VERSION = 1  # version of the mask codec inside ticket_mask.safetensors
+MASK_METADATA_KEY = "hf_lottery_masks"  # safetensors metadata entry: JSON list of per-tensor headers
+MASK_FORMAT_KEY = "hf_lottery_mask_format"  # safetensors metadata entry: MASK_FORMAT_VERSION
+LIBRARY_NAME = "hf_lottery"
+TICKET_CARD_TEMPLATE = "ticket_card.md"  # in hf_lottery/templates/ (packaged copy of model_cards/ticket_card.md)
+TICKET_CARD_TAGS = ("lottery-ticket", "pruning", "sparsity")

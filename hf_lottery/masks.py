@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .hub import TicketConfig
 
 
 class TicketMask(Mapping[str, torch.Tensor]):
@@ -143,3 +148,193 @@ class TicketMask(Mapping[str, torch.Tensor]):
     def to_dict(self) -> dict[str, torch.Tensor]:
         """A plain `{name: BoolTensor}` copy."""
         return dict(self._masks)
+
+    # -- The ticket artifact (hf_lottery.hub) -----------------------------------------------------------------
+    @property
+    def config(self) -> TicketConfig:
+        """The [`TicketConfig`] read from `metadata` (base model, fingerprint, task, method, history...)."""
+        from .hub import TicketConfig
+
+        return TicketConfig.from_metadata(self.metadata)
+
+    def with_metadata(self, metadata: Mapping[str, Any] | None = None, **updates: Any) -> TicketMask:
+        """A new mask with the same tensors and `metadata` (default: the current one) updated with `updates`.
+
+        Example:
+            ```python
+            >>> config = TicketConfig.from_model(model, mask, weights=theta0, lottery_args=args, history=history)
+            >>> ticket = mask.with_metadata(config.to_dict())
+            ```
+        """
+        merged = dict(self.metadata if metadata is None else metadata)
+        merged.update(updates)
+        return type(self)(self._masks, merged)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        *,
+        create_card: bool = True,
+        push_to_hub: bool = False,
+        **push_kwargs: Any,
+    ) -> Path:
+        """Save the ticket as a folder: `ticket_config.json`, `ticket_mask.safetensors`, `README.md` and the plot.
+
+        The folder is written atomically: a new folder appears complete, and an existing one has its files
+        replaced one by one with `ticket_config.json` last (which records the mask file's sha256, so a folder
+        caught between two saves fails to load rather than mixing them).
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the folder to write (created if needed).
+            is_main_process (`bool`, *optional*, defaults to `True`): only the main process writes (distributed
+                training: pass `trainer.args.should_save` or `accelerator.is_main_process`).
+            create_card (`bool`, *optional*, defaults to `True`): render the model card `README.md`.
+            push_to_hub (`bool`, *optional*, defaults to `False`): also push the folder (see
+                [`~TicketMask.push_to_hub`]); `repo_id` defaults to the folder's name.
+            push_kwargs: arguments of [`~TicketMask.push_to_hub`] when `push_to_hub=True`.
+
+        Returns:
+            `Path`: the folder.
+        """
+        from .hub import push_ticket, save_ticket
+
+        if push_kwargs and not push_to_hub:
+            raise TypeError(f"Unexpected arguments without push_to_hub=True: {', '.join(push_kwargs)}.")
+        if push_to_hub and is_main_process:
+            repo_id = push_kwargs.pop("repo_id", None) or Path(save_directory).name
+            push_ticket(self, repo_id, save_directory=save_directory, **push_kwargs)
+            return Path(save_directory)
+        return save_ticket(self, save_directory, is_main_process=is_main_process, create_card=create_card)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_ticket_name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        token: bool | str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        **hub_kwargs: Any,
+    ) -> TicketMask:
+        """Load a ticket from a local folder or, when no such folder exists, from a Hub repository.
+
+        Args:
+            pretrained_ticket_name_or_path (`str` or `os.PathLike`): a folder written by
+                [`~TicketMask.save_pretrained`] (or [`save_sparse_model`]), or a Hub repository id.
+            revision (`str`, *optional*): branch, tag or commit of the Hub repository.
+            subfolder (`str`, *optional*): folder of the ticket inside the folder or repository.
+            token (`str` or `bool`, *optional*): Hub token.
+            cache_dir (`str` or `os.PathLike`, *optional*): Hub cache folder.
+            hub_kwargs: other arguments of `huggingface_hub.hf_hub_download` (`force_download`,
+                `local_files_only`...).
+
+        Returns:
+            [`TicketMask`]: the mask; its `metadata` is the ticket config as a dict (see [`~TicketMask.config`]).
+
+        Raises:
+            `ValueError`: a damaged or truncated mask file (naming file and tensor), a config of an unknown
+            format version, or config and mask that disagree. `OSError`: nothing found locally or on the Hub.
+        """
+        from .hub import load_ticket
+
+        if token is not None:
+            hub_kwargs["token"] = token
+        if cache_dir is not None:
+            hub_kwargs["cache_dir"] = cache_dir
+        ticket = load_ticket(pretrained_ticket_name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs)
+        return ticket if type(ticket) is cls else cls(ticket._masks, ticket.metadata)
+
+    @classmethod
+    def from_model_folder(cls, folder: str | os.PathLike) -> TicketMask | None:
+        """The ticket saved beside a model's weights (by [`save_sparse_model`]) in `folder`, or None if there is none.
+
+        Raises:
+            `ValueError`: when the ticket files are there but incomplete or damaged.
+        """
+        from .hub import find_ticket
+
+        ticket = find_ticket(folder)
+        if ticket is None or type(ticket) is cls:
+            return ticket
+        return cls(ticket._masks, ticket.metadata)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        save_directory: str | os.PathLike | None = None,
+    ) -> Any:
+        """Upload the ticket folder to a Hub model repository in one commit (creating the repository if needed).
+
+        The ticket is first saved locally (to `save_directory`, or a temporary folder removed after a successful
+        upload), so a failed upload leaves a complete folder behind: the raised [`TicketUploadError`] says where.
+
+        Args:
+            repo_id (`str`): the repository, e.g. `"user/minilm-sst2-ticket-60"`.
+            commit_message (`str`, *optional*): defaults to `"Upload lottery ticket (sparsity ...)"`.
+            commit_description (`str`, *optional*): the commit's description.
+            private (`bool`, *optional*): visibility of a newly created repository.
+            token (`str` or `bool`, *optional*): Hub token; default the stored login.
+            revision (`str`, *optional*): branch to commit to (created if missing).
+            create_pr (`bool`, *optional*, defaults to `False`): open a pull request instead of committing.
+            save_directory (`str` or `os.PathLike`, *optional*): keep the uploaded folder here.
+
+        Returns:
+            `huggingface_hub.CommitInfo`: the commit.
+        """
+        from .hub import push_ticket
+
+        return push_ticket(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            save_directory=save_directory,
+        )
+
+    def load_model(
+        self,
+        model_class: Any,
+        base: str | os.PathLike | nn.Module | None = None,
+        verify_base: bool = True,
+        **from_pretrained_kwargs: Any,
+    ) -> nn.Module:
+        """The ticket's network θ0 ⊙ m: the base model with the pruned weights zeroed.
+
+        Loads `model_class.from_pretrained(base or config.base_model_name_or_path, revision=config.revision,
+        **from_pretrained_kwargs)`, checks the masked parameters' names and shapes, checks the base weights against
+        the recorded fingerprint, then applies the mask.
+
+        Args:
+            model_class: a class with `from_pretrained`, e.g. `AutoModelForSequenceClassification`.
+            base (`str`, `os.PathLike` or `nn.Module`, *optional*): another path or Hub id of the base (the recorded
+                revision is then not passed), or an already loaded model (modified in place).
+            verify_base (`bool`, *optional*, defaults to `True`): refuse base weights whose fingerprint differs
+                from the one recorded when the ticket was found.
+            from_pretrained_kwargs: passed to `from_pretrained` (`num_labels`, `dtype`, `revision`, `token`...);
+                the recorded `model_kwargs` (e.g. `num_labels`) are the defaults.
+
+        Raises:
+            `ValueError`: naming the first parameter missing or of another shape, or the first tensor whose
+            weights differ from the recorded base.
+
+        Example:
+            ```python
+            >>> ticket = TicketMask.from_pretrained("user/minilm-sst2-ticket-60")
+            >>> model = ticket.load_model(AutoModelForSequenceClassification)
+            ```
+        """
+        from .hub import load_ticket_model
+
+        return load_ticket_model(self, model_class, base, verify_base, **from_pretrained_kwargs)
