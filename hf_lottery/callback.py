@@ -19,6 +19,7 @@ from .masks import TicketMask
 from .pruning import prune
 from .run_state import RunState, load_weights_, snapshot_weights
 from .selection import prunable_parameters
+from .trainer import _ticket_beside_weights
 
 logger = logging.get_logger(__name__)
 
@@ -82,7 +83,11 @@ class LotteryCallback(TrainerCallback):
                 self._theta0 = run_state.load_theta0()
                 if run_state.has_rewind_weights():
                     self._rewind_weights = run_state.load_rewind_weights()
-        mask = resumed_mask or TicketMask.ones_like(prunable_parameters(model, self.lottery_args.prune_modules))
+        mask = (
+            resumed_mask
+            or _ticket_beside_weights(model)
+            or TicketMask.ones_like(prunable_parameters(model, self.lottery_args.prune_modules))
+        )
         self._schedule = self.lottery_args.sparsity_schedule(start=round(mask.sparsity, 10))
         levels = len(self._schedule) - 1
         self._interval = self.lottery_args.pruning_interval_steps or max(1, state.max_steps // (levels + 1))

@@ -16,6 +16,7 @@ from .arguments import LotteryArguments
 from .constants import LOTTERY_HISTORY_NAME, ROUND_DIR_TEMPLATE, SPARSITY_PLOT_NAME
 from .enforcement import MaskEnforcerCallback
 from .history import main_metric, plot_history, write_history
+from .hub import TicketConfig
 from .masks import TicketMask
 from .pruning import prune
 from .run_state import RunState, load_weights_, snapshot_weights
@@ -78,6 +79,8 @@ class LotteryTrainer(Trainer):
         self._enforcer = MaskEnforcerCallback()
         self.add_callback(self._enforcer)
         self.add_callback(_RewindPointCallback(self))
+        if mask is None:
+            mask = _ticket_beside_weights(self.model)
         self.initial_mask = mask
         self.ticket: TicketMask | None = None
         self.lottery_history: list[dict[str, Any]] = []
@@ -86,6 +89,7 @@ class LotteryTrainer(Trainer):
         self._theta0: dict[str, torch.Tensor] | None = None
         self._rewind_weights: dict[str, torch.Tensor] | None = None
         self._run_state = RunState(self.args.output_dir, should_write=self.args.should_save)
+        self._ticket_metadata: dict[str, Any] = {}
 
     # -- Trainer hooks ----------------------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
@@ -152,6 +156,7 @@ class LotteryTrainer(Trainer):
             mask = TicketMask.ones_like(prunable_parameters(model, self.args.prune_modules))
         self._schedule = self.args.sparsity_schedule(start=round(mask.sparsity, 10))
         self.lottery_history = []
+        self._describe_ticket(mask)
         self._set_mask(mask)
         self._run_state.save_mask(0, mask)
         self._run_state.write(0, "prepared", self._schedule, self.lottery_history)
@@ -168,15 +173,38 @@ class LotteryTrainer(Trainer):
         if self.args.rewind == "step" and self._run_state.has_rewind_weights():
             self._rewind_weights = self._run_state.load_rewind_weights()
         mask = self._run_state.load_mask(round_index)
+        self._describe_ticket(mask)
         if phase == "trained":
             load_weights_(self.model, self._run_state.load_trained(round_index))
         self._set_mask(mask)
         logger.info("Resuming the lottery run at round %d (%s).", round_index, phase)
         return round_index, phase
 
+    def _describe_ticket(self, mask: TicketMask) -> None:
+        """Ticket metadata (base model, θ0 fingerprint, arguments), computed once per run."""
+        config = TicketConfig.from_model(
+            self.model, mask, weights=self._theta0, lottery_args=self.args, metric=self.args.metric_for_best_model
+        )
+        self._ticket_metadata = {**mask.metadata, **config.to_dict()}
+
     def _set_mask(self, mask: TicketMask) -> None:
         self._enforcer.set_mask(self.model, mask)
-        self.ticket = mask
+        self.ticket = mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (zeros in place, vanilla keys) and, beside it, the ticket files of the current mask.
+
+        `AutoModel*.from_pretrained(output_dir)` loads the folder without hf_lottery; handing it back to a
+        `LotteryTrainer` (or `LotteryCallback`) keeps its mask.
+        """
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.current_mask is not None:
+            ticket = self.current_mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
+            ticket.save_pretrained(
+                output_dir or self.args.output_dir,
+                is_main_process=self.args.should_save,
+                create_card=not _internal_call,
+            )
 
     def _prune_for_round(self, round_index: int) -> None:
         """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
@@ -262,7 +290,7 @@ class LotteryTrainer(Trainer):
         self._run_state.write(round_index, "trained", self._schedule, self.lottery_history)
         self._write_history()
         self.accelerator.wait_for_everyone()
-        self.ticket = mask
+        self.ticket = mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
         return output
 
     def _round_metrics(self, ignore_keys_for_eval) -> dict[str, float]:
@@ -298,6 +326,19 @@ class LotteryTrainer(Trainer):
     def lottery_metric(self) -> str | None:
         """Name of the eval metric tracked against sparsity."""
         return main_metric(self.lottery_history, self.args.metric_for_best_model)
+
+
+def _ticket_beside_weights(model) -> TicketMask | None:
+    """The ticket saved with a sparse model folder the model was loaded from, if any."""
+    folder = getattr(model, "name_or_path", None)
+    if not folder or not os.path.isdir(folder):
+        return None
+    mask = TicketMask.from_model_folder(folder)
+    if mask is not None:
+        logger.info(
+            "Found a ticket beside the weights in %s (sparsity %.1f%%); keeping it.", folder, 100 * mask.sparsity
+        )
+    return mask
 
 
 class _temporarily:

@@ -231,3 +231,55 @@ def test_resume_without_state_fails_clearly(tmp_path):
     trainer = LotteryTrainer(model=tiny_model(), args=make_args(tmp_path), train_dataset=toy_dataset(16))
     with pytest.raises(ValueError, match="No lottery run to resume"):
         trainer.train(resume_from_checkpoint=True)
+
+
+def test_save_model_folder_loads_vanilla_and_keeps_its_mask_when_handed_back(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_lottery import LotteryCallback, TicketMask
+
+    trainer, _, _ = run(tmp_path)
+    folder = tmp_path / "sparse"
+    trainer.save_model(str(folder))
+    ticket = TicketMask.from_model_folder(folder)
+    assert ticket == trainer.ticket
+    assert ticket.metadata["history"][-1]["round"] == 2
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    params = dict(reloaded.named_parameters())
+    assert all(torch.count_nonzero(params[n][~m]) == 0 for n, m in ticket.items())
+
+    # continue fine-tuning the sparse folder: its mask is found and kept
+    again = LotteryTrainer(
+        model=reloaded,
+        args=make_args(tmp_path / "again", target_sparsity=0.5),
+        train_dataset=toy_dataset(64),
+    )
+    assert again.initial_mask == ticket
+    again.train()
+    assert again.lottery_history[0]["sparsity"] == pytest.approx(ticket.sparsity)
+    assert len(again.lottery_history) == 1
+    params = dict(reloaded.named_parameters())
+    assert all(torch.count_nonzero(params[n][~m]) == 0 for n, m in ticket.items())
+
+    # and with a plain Trainer + LotteryCallback
+    from transformers import Trainer, TrainingArguments
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    callback = LotteryCallback(make_args(tmp_path / "cb", target_sparsity=0.5))
+    Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=str(tmp_path / "cb"),
+            num_train_epochs=1,
+            learning_rate=1e-3,
+            per_device_train_batch_size=16,
+            report_to=[],
+            save_strategy="no",
+        ),
+        train_dataset=toy_dataset(64),
+        callbacks=[callback],
+    ).train()
+    assert callback.ticket == ticket
+    params = dict(model.named_parameters())
+    assert all(torch.count_nonzero(params[n][~m]) == 0 for n, m in ticket.items())

@@ -1,0 +1,84 @@
+"""LotteryCallback: enforcing a ticket in a plain Trainer, and gradual IMP inside one run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model, toy_dataset
+from transformers import Trainer, TrainingArguments
+
+from hf_lottery import LotteryArguments, LotteryCallback, prune
+
+
+def train_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def lottery_args(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), target_sparsity=0.5, pruning_rate=0.25, report_to=[])
+    values.update(overrides)
+    return LotteryArguments(**values)
+
+
+def test_fixed_mask_is_enforced_through_training(tmp_path):
+    model = tiny_model()
+    mask = prune(model, 0.6)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    callback = LotteryCallback(lottery_args(tmp_path), mask=mask)
+    Trainer(model=model, args=train_args(tmp_path), train_dataset=toy_dataset(64), callbacks=[callback]).train()
+    params = dict(model.named_parameters())
+    for name, m in mask.items():
+        assert torch.count_nonzero(params[name][~m]) == 0
+        assert not torch.equal(params[name][m], before[name][m])
+
+
+def test_gradual_imp_reaches_target_with_nested_masks(tmp_path):
+    model = tiny_model()
+    callback = LotteryCallback(lottery_args(tmp_path))
+    Trainer(model=model, args=train_args(tmp_path), train_dataset=toy_dataset(64), callbacks=[callback]).train()
+    assert [h["sparsity"] for h in callback.history] == pytest.approx([0.25, 0.5])
+    assert [h["step"] for h in callback.history] == [4, 8]  # 12 steps, 2 levels: every 12 // 3 steps
+    assert callback.ticket.num_pruned == round(0.5 * callback.ticket.num_params)
+    params = dict(model.named_parameters())
+    assert all(torch.count_nonzero(params[n][~m]) == 0 for n, m in callback.ticket.items())
+    assert (tmp_path / "lottery_history.json").is_file()
+
+
+def test_gradual_imp_rewinds_to_pretrained(tmp_path):
+    model = tiny_model()
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seen = {}
+
+    class Peek(LotteryCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            super().on_step_end(args, state, control, model=model, **kwargs)
+            if state.global_step == 4:
+                seen.update({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    callback = Peek(lottery_args(tmp_path, rewind="pretrained"))
+    Trainer(model=model, args=train_args(tmp_path), train_dataset=toy_dataset(64), callbacks=[callback]).train()
+    assert callback.history[0]["step"] == 4
+    for name, value in seen.items():
+        expected = theta0[name]
+        if name in callback.ticket:
+            # weights pruned at level 1 are zero, survivors are back at θ0
+            level1 = value != 0
+            assert torch.equal(value[level1], expected[level1])
+        else:
+            assert torch.equal(value, expected)
+
+
+def test_lr_rewinding_needs_the_trainer(tmp_path):
+    with pytest.raises(ValueError, match="LotteryTrainer"):
+        LotteryCallback(lottery_args(tmp_path, rewind="lr"))
