@@ -2,7 +2,7 @@
 
 from .masks import TicketMask
 from .pruning import prune
-from .scoring import get_scoring, register_scoring, registered_methods
+from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
 from .selection import default_prunable_names, prunable_parameters
 from .selector import LayerCollapseError, select_mask
 
@@ -17,5 +17,7 @@ __all__ = [
     "prune",
     "register_scoring",
     "registered_methods",
+    "scoring_kwargs_from_args",
+    "scoring_spec",
     "select_mask",
 ]

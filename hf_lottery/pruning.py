@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -46,8 +47,10 @@ def prune(
         max_tensor_sparsity (`float`, *optional*, defaults to 0.9): no tensor is pruned beyond this (layer
             collapse guard, see `on_tensor_collapse`); `None` disables it.
         on_tensor_collapse (`str`, defaults to `"redistribute"`): `"redistribute"`, `"warn"` or `"error"`.
-        seed (`int`): seed for stochastic methods (random pruning).
-        method_kwargs: passed to the scoring method.
+        seed (`int`): seed for stochastic methods (random pruning, HYDRA).
+        method_kwargs: passed to the scoring method (e.g. `iterations=` for SynFlow, `dataloader=` for HYDRA).
+            Every method also receives `seed`, `sparsity`, `scope` and `select` (the selector bound to `scope` and
+            the guard), so iterative methods reach their intermediate masks the same way.
 
     Returns:
         [`TicketMask`]: True = kept.
@@ -65,12 +68,11 @@ def prune(
         parameters = {name: named[name] for name in mask}
     else:
         parameters = prunable_parameters(model, prune_modules)
-    scores = get_scoring(method)(model, parameters, mask, seed=seed, **method_kwargs)
-    return select_mask(
-        scores,
-        sparsity,
-        scope=scope,
-        mask=mask,
-        max_tensor_sparsity=max_tensor_sparsity,
-        on_tensor_collapse=on_tensor_collapse,
+    select = partial(
+        select_mask, scope=scope, max_tensor_sparsity=max_tensor_sparsity, on_tensor_collapse=on_tensor_collapse
     )
+    scoring = get_scoring(method)
+    scores = scoring(
+        model, parameters, mask, seed=seed, sparsity=sparsity, scope=scope, select=select, **method_kwargs
+    )
+    return select(scores, sparsity, mask=mask)
