@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .pruning import DEFAULT_MAX_TENSOR_SPARSITY
+from .scoring.synflow import DEFAULT_SYNFLOW_ITERATIONS
 from .selector import COLLAPSE_POLICIES, SCOPES
 
 PRUNING_RATE_OF = ("original", "remaining")
@@ -116,6 +117,14 @@ class LotteryArguments(TrainingArguments):
         default="weight",
         metadata={"help": "What is pruned: 'weight' (unstructured).", "choices": list(GRANULARITIES)},
     )
+    # Settings of one scoring method are named `{method}_{kwarg}` (scoring_kwargs_from_args passes them on).
+    synflow_iterations: int = field(
+        default=DEFAULT_SYNFLOW_ITERATIONS,
+        metadata={
+            "help": "pruning_method='synflow': scoring rounds of the exponential schedule (density d^(k/n) after "
+            "round k of n); 1 = one-shot."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -146,6 +155,8 @@ class LotteryArguments(TrainingArguments):
             raise ValueError(
                 f"pruning_interval_steps must be a positive step count, got {self.pruning_interval_steps}."
             )
+        if self.synflow_iterations < 1:
+            raise ValueError(f"synflow_iterations must be >= 1, got {self.synflow_iterations}.")
 
     def sparsity_schedule(self, start: float = 0.0) -> list[float]:
         """Sparsity of each round, round 0 (dense, or `start` for an already sparse model) first."""
