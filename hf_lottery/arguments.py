@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .pruning import DEFAULT_MAX_TENSOR_SPARSITY
+from .scoring.hydra import DEFAULT_HYDRA_LEARNING_RATE, HYDRA_OPTIMIZERS
 from .scoring.synflow import DEFAULT_SYNFLOW_ITERATIONS
 from .selector import COLLAPSE_POLICIES, SCOPES
 
@@ -125,6 +126,34 @@ class LotteryArguments(TrainingArguments):
             "round k of n); 1 = one-shot."
         },
     )
+    hydra_epochs: int = field(
+        default=1, metadata={"help": "pruning_method='hydra': passes over the training data to learn the scores."}
+    )
+    hydra_learning_rate: float = field(
+        default=DEFAULT_HYDRA_LEARNING_RATE,
+        metadata={"help": "pruning_method='hydra': learning rate of the scores (cosine decay)."},
+    )
+    hydra_optimizer: str = field(
+        default="adam",
+        metadata={
+            "help": "pruning_method='hydra': optimizer of the scores, 'adam' or 'sgd' (momentum 0.9).",
+            "choices": list(HYDRA_OPTIMIZERS),
+        },
+    )
+    hydra_adversarial: bool = field(
+        default=False,
+        metadata={"help": "pruning_method='hydra': learn the scores against FreeLB perturbations of the embeddings."},
+    )
+    hydra_adversarial_epsilon: float = field(
+        default=1e-2,
+        metadata={"help": "pruning_method='hydra', hydra_adversarial: radius of δ relative to the embedding norm."},
+    )
+    hydra_adversarial_steps: int = field(
+        default=3,
+        metadata={
+            "help": "pruning_method='hydra', hydra_adversarial: ascent steps (forward/backward runs) per batch."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -157,6 +186,16 @@ class LotteryArguments(TrainingArguments):
             )
         if self.synflow_iterations < 1:
             raise ValueError(f"synflow_iterations must be >= 1, got {self.synflow_iterations}.")
+        if self.hydra_epochs < 1:
+            raise ValueError(f"hydra_epochs must be >= 1, got {self.hydra_epochs}.")
+        if self.hydra_learning_rate <= 0:
+            raise ValueError(f"hydra_learning_rate must be > 0, got {self.hydra_learning_rate}.")
+        _choices("hydra_optimizer", self.hydra_optimizer, HYDRA_OPTIMIZERS)
+        if self.hydra_adversarial_epsilon <= 0 or self.hydra_adversarial_steps < 1:
+            raise ValueError(
+                "hydra_adversarial_epsilon must be > 0 and hydra_adversarial_steps >= 1, got "
+                f"{self.hydra_adversarial_epsilon} and {self.hydra_adversarial_steps}."
+            )
 
     def sparsity_schedule(self, start: float = 0.0) -> list[float]:
         """Sparsity of each round, round 0 (dense, or `start` for an already sparse model) first."""

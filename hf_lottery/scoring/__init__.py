@@ -1,6 +1,6 @@
 """Scoring methods for unstructured pruning, one module per method, one registry."""
 
-from . import magnitude, random, synflow  # noqa: F401  (register the built-in methods)
+from . import hydra, magnitude, random, synflow  # noqa: F401  (register the built-in methods)
 from .registry import (
     ScoringMethod,
     ScoringSpec,
