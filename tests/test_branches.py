@@ -118,7 +118,9 @@ def test_transfer_refuses_head_and_shape_mismatches(ticket):
 def test_transfer_warns_about_uncovered_tensors(ticket, caplog):
     partial = TicketMask({n: m for n, m in ticket.items() if "layer.0." in n})
     logging.enable_propagation()
-    with caplog.at_level("WARNING"):
-        transfer_ticket(partial, tiny_model(seed=2))
-    logging.disable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            transfer_ticket(partial, tiny_model(seed=2))
+    finally:
+        logging.disable_propagation()
     assert "stay dense" in caplog.text
