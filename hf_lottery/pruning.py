@@ -37,7 +37,7 @@ def prune(
         sparsity (`float`): fraction in [0, 1) of all prunable weights removed in the returned mask, weights
             already pruned in `mask` included.
         method (`str`): a registered scoring method (`hf_lottery.scoring.registered_methods()`), e.g.
-            `"magnitude"` or `"random"`.
+            `"magnitude"`, `"random"`, `"synflow"` or `"hydra"`.
         scope (`str`): `"global"` (one threshold over all prunable weights) or `"layer"` (each tensor pruned
             to `sparsity`).
         mask (`Mapping[str, torch.Tensor]`, *optional*): the current mask; its pruned weights stay pruned and

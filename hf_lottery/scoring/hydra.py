@@ -23,14 +23,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from transformers.utils import logging
 
 from ..masks import TicketMask
+from ..selector import select_mask
 from .registry import register_scoring
+
+logger = logging.get_logger(__name__)
 
 HYDRA_OPTIMIZERS = ("adam", "sgd")
 DEFAULT_HYDRA_LEARNING_RATE = 0.01
@@ -204,7 +209,9 @@ def hydra_scores(
         adversarial_epsilon (`float`, *optional*, defaults to 1e-2): radius of δ relative to the embedding norm.
         adversarial_steps (`int`, *optional*, defaults to 3): forward/backward runs (ascent steps) per batch.
         seed (`int`, *optional*): seeds dropout and δ (the global RNG is restored afterwards).
-        select (`Callable`, *optional*): the shared selector; checks the request and gives the first top-k.
+        select (`Callable`, *optional*): the shared selector (from [`prune`]); it checks the request and gives the
+            first top-k, so the layer-collapse guard shapes the start; later steps use a plain top-k on the device
+            and the final mask is again the selector's. Defaults to [`select_mask`] with `scope` and no guard.
 
     Returns:
         `dict[str, torch.Tensor]`: `|s|` per weight (float32, CPU), `-inf` where `mask` had pruned.
@@ -230,11 +237,11 @@ def hydra_scores(
         w = p.detach().float().abs() * prior_dev[name]
         fan_in = w[0].numel() if w.dim() > 1 else w.numel()
         init[name] = math.sqrt(6.0 / fan_in) * w / w.max().clamp_min(1e-12)
-    if select is not None:  # validates the request before any training; its guard shapes the first top-k
-        first = select({n: s.cpu() for n, s in init.items()}, sparsity, mask=mask)
-        keep = {n: first[n].to(device) for n in parameters}
-    else:
-        keep = _top_k(init, prior_dev, sparsity, scope)
+    if select is None:
+        select = partial(select_mask, scope=scope, max_tensor_sparsity=None)
+    # The shared selector checks the request before any training, and its guard shapes the first top-k.
+    first = select({n: s.cpu() for n, s in init.items()}, sparsity, mask=mask)
+    keep = {n: first[n].to(device) for n in parameters}
     try:
         steps_per_epoch = len(dataloader)  # type: ignore[arg-type]
     except TypeError:
@@ -251,18 +258,23 @@ def hydra_scores(
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt, (lambda i: 0.5 * (1 + math.cos(math.pi * i / total_steps))) if total_steps else (lambda i: 1.0)
         )
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            losses = []
             for batch in dataloader:
                 batch = _to_device(batch, device)
                 opt.zero_grad(set_to_none=True)
                 if adversarial:
-                    _adversarial_backward(model, batch, loss_fn, adversarial_epsilon, adversarial_steps)
+                    losses.append(_adversarial_backward(model, batch, loss_fn, adversarial_epsilon, adversarial_steps))
                 else:
-                    loss_fn(model, batch).backward()
+                    loss = loss_fn(model, batch)
+                    loss.backward()
+                    losses.append(float(loss.detach()))
                 opt.step()
                 schedule.step()
                 keep = _top_k(scores, prior_dev, sparsity, scope)
                 for name, popup in popups.items():
                     popup.keep = keep[name]
+            if losses:
+                logger.info("HYDRA epoch %d/%d: mean loss %.4f", epoch + 1, epochs, sum(losses) / len(losses))
         trained = {n: s.detach().abs().float().cpu() for n, s in scores.items()}
     return {n: s.masked_fill(~prior[n], float("-inf")) for n, s in trained.items()}
