@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,7 +28,6 @@ class ScoringCase:
     method: str
     kwargs: Callable[[], dict[str, Any]] = dict
     stochastic: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 SCORING_CASES = [
