@@ -1,11 +1,12 @@
 """hf_lottery: lottery tickets and structured pruning for Hugging Face Transformers."""
 
 from .arguments import LotteryArguments, sparsity_schedule
+from .branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .callback import LotteryCallback
 from .hub import TicketConfig, TicketUploadError, save_sparse_model
 from .masks import TicketMask
 from .pruning import prune
-from .scoring import get_scoring, register_scoring, registered_methods
+from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
 from .selection import default_prunable_names, prunable_parameters
 from .selector import LayerCollapseError, select_mask
 from .trainer import LotteryTrainer
@@ -24,9 +25,14 @@ __all__ = [
     "get_scoring",
     "prunable_parameters",
     "prune",
+    "random_pruning_like",
     "register_scoring",
     "registered_methods",
+    "reinitialize_survivors",
     "save_sparse_model",
+    "scoring_kwargs_from_args",
+    "scoring_spec",
     "select_mask",
     "sparsity_schedule",
+    "transfer_ticket",
 ]

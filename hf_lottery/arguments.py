@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .pruning import DEFAULT_MAX_TENSOR_SPARSITY
+from .scoring.hydra import DEFAULT_HYDRA_LEARNING_RATE, HYDRA_OPTIMIZERS
+from .scoring.synflow import DEFAULT_SYNFLOW_ITERATIONS
 from .selector import COLLAPSE_POLICIES, SCOPES
 
 PRUNING_RATE_OF = ("original", "remaining")
@@ -116,6 +118,42 @@ class LotteryArguments(TrainingArguments):
         default="weight",
         metadata={"help": "What is pruned: 'weight' (unstructured).", "choices": list(GRANULARITIES)},
     )
+    # Settings of one scoring method are named `{method}_{kwarg}` (scoring_kwargs_from_args passes them on).
+    synflow_iterations: int = field(
+        default=DEFAULT_SYNFLOW_ITERATIONS,
+        metadata={
+            "help": "pruning_method='synflow': scoring rounds of the exponential schedule (density d^(k/n) after "
+            "round k of n); 1 = one-shot."
+        },
+    )
+    hydra_epochs: int = field(
+        default=1, metadata={"help": "pruning_method='hydra': passes over the training data to learn the scores."}
+    )
+    hydra_learning_rate: float = field(
+        default=DEFAULT_HYDRA_LEARNING_RATE,
+        metadata={"help": "pruning_method='hydra': learning rate of the scores (cosine decay)."},
+    )
+    hydra_optimizer: str = field(
+        default="adam",
+        metadata={
+            "help": "pruning_method='hydra': optimizer of the scores, 'adam' or 'sgd' (momentum 0.9).",
+            "choices": list(HYDRA_OPTIMIZERS),
+        },
+    )
+    hydra_adversarial: bool = field(
+        default=False,
+        metadata={"help": "pruning_method='hydra': learn the scores against FreeLB perturbations of the embeddings."},
+    )
+    hydra_adversarial_epsilon: float = field(
+        default=1e-2,
+        metadata={"help": "pruning_method='hydra', hydra_adversarial: radius of δ relative to the embedding norm."},
+    )
+    hydra_adversarial_steps: int = field(
+        default=3,
+        metadata={
+            "help": "pruning_method='hydra', hydra_adversarial: ascent steps (forward/backward runs) per batch."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,6 +183,18 @@ class LotteryArguments(TrainingArguments):
         if self.pruning_interval_steps is not None and self.pruning_interval_steps <= 0:
             raise ValueError(
                 f"pruning_interval_steps must be a positive step count, got {self.pruning_interval_steps}."
+            )
+        if self.synflow_iterations < 1:
+            raise ValueError(f"synflow_iterations must be >= 1, got {self.synflow_iterations}.")
+        if self.hydra_epochs < 1:
+            raise ValueError(f"hydra_epochs must be >= 1, got {self.hydra_epochs}.")
+        if self.hydra_learning_rate <= 0:
+            raise ValueError(f"hydra_learning_rate must be > 0, got {self.hydra_learning_rate}.")
+        _choices("hydra_optimizer", self.hydra_optimizer, HYDRA_OPTIMIZERS)
+        if self.hydra_adversarial_epsilon <= 0 or self.hydra_adversarial_steps < 1:
+            raise ValueError(
+                "hydra_adversarial_epsilon must be > 0 and hydra_adversarial_steps >= 1, got "
+                f"{self.hydra_adversarial_epsilon} and {self.hydra_adversarial_steps}."
             )
 
     def sparsity_schedule(self, start: float = 0.0) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ def prune(
         sparsity (`float`): fraction in [0, 1) of all prunable weights removed in the returned mask, weights
             already pruned in `mask` included.
         method (`str`): a registered scoring method (`hf_lottery.scoring.registered_methods()`), e.g.
-            `"magnitude"` or `"random"`.
+            `"magnitude"`, `"random"`, `"synflow"` or `"hydra"`.
         scope (`str`): `"global"` (one threshold over all prunable weights) or `"layer"` (each tensor pruned
             to `sparsity`).
         mask (`Mapping[str, torch.Tensor]`, *optional*): the current mask; its pruned weights stay pruned and
@@ -46,8 +47,10 @@ def prune(
         max_tensor_sparsity (`float`, *optional*, defaults to 0.9): no tensor is pruned beyond this (layer
             collapse guard, see `on_tensor_collapse`); `None` disables it.
         on_tensor_collapse (`str`, defaults to `"redistribute"`): `"redistribute"`, `"warn"` or `"error"`.
-        seed (`int`): seed for stochastic methods (random pruning).
-        method_kwargs: passed to the scoring method.
+        seed (`int`): seed for stochastic methods (random pruning, HYDRA).
+        method_kwargs: passed to the scoring method (e.g. `iterations=` for SynFlow, `dataloader=` for HYDRA).
+            Every method also receives `seed`, `sparsity`, `scope` and `select` (the selector bound to `scope` and
+            the guard), so iterative methods reach their intermediate masks the same way.
 
     Returns:
         [`TicketMask`]: True = kept.
@@ -65,12 +68,11 @@ def prune(
         parameters = {name: p for name, p in model.named_parameters() if name in mask}
     else:
         parameters = prunable_parameters(model, prune_modules)
-    scores = get_scoring(method)(model, parameters, mask, seed=seed, **method_kwargs)
-    return select_mask(
-        scores,
-        sparsity,
-        scope=scope,
-        mask=mask,
-        max_tensor_sparsity=max_tensor_sparsity,
-        on_tensor_collapse=on_tensor_collapse,
+    select = partial(
+        select_mask, scope=scope, max_tensor_sparsity=max_tensor_sparsity, on_tensor_collapse=on_tensor_collapse
     )
+    scoring = get_scoring(method)
+    scores = scoring(
+        model, parameters, mask, seed=seed, sparsity=sparsity, scope=scope, select=select, **method_kwargs
+    )
+    return select(scores, sparsity, mask=mask)

@@ -1,0 +1,124 @@
+"""HYDRA: learned scores beat random pruning on a learnable task and move away from magnitude order."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_model, toy_dataset
+from torch.utils.data import DataLoader
+
+from hf_lottery import prune
+
+
+def _loader(dataset, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset.with_format("torch"), batch_size=16, shuffle=shuffle, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny BERT fitted on the toy task (label = token 5 appears): the 'pre-trained' network HYDRA prunes."""
+    torch.manual_seed(0)
+    train, dev = toy_dataset(96, seq_len=10, seed=0), toy_dataset(96, seq_len=10, seed=1)
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for epoch in range(12):
+        for batch in _loader(train, shuffle=True, seed=epoch):
+            optimizer.zero_grad()
+            model(**batch).loss.backward()
+            optimizer.step()
+    return model, train, dev
+
+
+@torch.no_grad()
+def _evaluate(model, dataset, mask) -> tuple[float, float]:
+    model = mask.apply_(copy.deepcopy(model)).eval()
+    batch = dataset.with_format("torch")[:]
+    out = model(**batch)
+    return out.loss.item(), (out.logits.argmax(-1) == batch["labels"]).float().mean().item()
+
+
+def test_hydra_beats_random_pruning_on_the_toy_task(trained):
+    model, train, dev = trained
+    dense_loss, dense_acc = _evaluate(model, dev, prune(model, 0.0))
+    assert dense_acc >= 0.9, "the toy model did not learn its task"
+    hydra = prune(model, 0.7, method="hydra", dataloader=_loader(train), epochs=4, seed=0, max_tensor_sparsity=None)
+    rand = prune(model, 0.7, method="random", seed=0, max_tensor_sparsity=None)
+    assert hydra.sparsity == rand.sparsity
+    hydra_loss, hydra_acc = _evaluate(model, dev, hydra)
+    rand_loss, rand_acc = _evaluate(model, dev, rand)
+    assert hydra_acc >= rand_acc + 0.2
+    assert hydra_loss < 0.5 * rand_loss
+
+
+def test_hydra_keeps_weights_below_the_magnitude_threshold(trained):
+    model, train, _ = trained
+    hydra = prune(model, 0.5, method="hydra", scope="layer", dataloader=_loader(train), epochs=2)
+    magnitude = prune(model, 0.5, method="magnitude", scope="layer")
+    params = dict(model.named_parameters())
+    below = 0
+    for name, keep in hydra.items():
+        weight = params[name].detach().abs()
+        threshold = weight[magnitude[name]].min()
+        below += int((keep & (weight < threshold)).sum())
+    assert below > 0
+
+
+def test_scores_start_from_scaled_magnitudes(trained):
+    # With no step taken the ranking is the magnitude ranking per tensor: one empty epoch changes nothing.
+    model, _, _ = trained
+    hydra = prune(model, 0.5, method="hydra", scope="layer", dataloader=[])
+    assert hydra == prune(model, 0.5, method="magnitude", scope="layer")
+
+
+def test_pluggable_objective_and_adversarial_training():
+    model = tiny_model("roberta")
+    loader = _loader(toy_dataset(32, seq_len=8))
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(sorted(batch))
+        return model(**batch).loss
+
+    plain = prune(model, 0.5, method="hydra", dataloader=loader, loss_fn=loss_fn, seed=1)
+    assert len(calls) == 2 and "input_ids" in calls[0]
+    calls.clear()
+    adversarial = prune(
+        model, 0.5, method="hydra", dataloader=loader, loss_fn=loss_fn, adversarial=True, adversarial_steps=2, seed=1
+    )
+    assert len(calls) == 4 and "inputs_embeds" in calls[0] and "input_ids" not in calls[0]
+    again = prune(model, 0.5, method="hydra", dataloader=loader, adversarial=True, adversarial_steps=2, seed=1)
+    assert adversarial == again
+    assert adversarial != plain
+
+
+def test_sgd_and_the_global_rng_is_left_alone():
+    model = tiny_model()
+    state = torch.random.get_rng_state()
+    mask = prune(model, 0.5, method="hydra", dataloader=_loader(toy_dataset(16)), optimizer="sgd", learning_rate=0.1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert mask.num_pruned == round(0.5 * mask.num_params)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "dataloader"),
+        ({"dataloader": [], "optimizer": "lion"}, "optimizer"),
+        ({"dataloader": [], "epochs": 0}, "epochs"),
+        ({"dataloader": iter([]), "epochs": 2}, "one-pass"),
+        ({"dataloader": [], "adversarial": True, "adversarial_epsilon": 0.0}, "adversarial"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        prune(tiny_model(), 0.5, method="hydra", **kwargs)
+
+
+def test_batches_without_labels_need_a_loss_fn():
+    dataset = toy_dataset(8).remove_columns("labels")
+    with pytest.raises(ValueError, match="loss_fn"):
+        prune(tiny_model(), 0.5, method="hydra", dataloader=_loader(dataset))
