@@ -18,6 +18,7 @@ from .io_utils import load_tensors, save_tensors
 from .masks import TicketMask
 from .pruning import prune
 from .run_state import RunState, load_weights_, snapshot_weights
+from .scoring import scoring_kwargs_from_args, scoring_spec
 from .selection import prunable_parameters
 from .trainer import _ticket_beside_weights
 
@@ -115,6 +116,9 @@ class LotteryCallback(TrainerCallback):
         if self.ticket is not None and self.ticket.sparsity >= self._schedule[level] - 1e-9:
             return
         seed = (largs.pruning_seed if largs.pruning_seed is not None else args.seed) + level
+        method_kwargs = scoring_kwargs_from_args(largs)
+        if scoring_spec(largs.pruning_method).needs_data:
+            method_kwargs["dataloader"] = kwargs.get("train_dataloader")
         mask = prune(
             model,
             self._schedule[level],
@@ -124,6 +128,7 @@ class LotteryCallback(TrainerCallback):
             max_tensor_sparsity=largs.max_tensor_sparsity,
             on_tensor_collapse=largs.on_tensor_collapse,
             seed=seed,
+            **method_kwargs,
         )
         if largs.rewind == "pretrained":
             load_weights_(model, self._theta0)

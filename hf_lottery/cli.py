@@ -84,13 +84,31 @@ class DataArguments:
     )
 
 
+@dataclass
+class BranchArguments:
+    """Lottery controls (open_lth's branches): train a variant of an existing ticket instead of running IMP."""
+
+    branch: str | None = field(
+        default=None,
+        metadata={
+            "help": "'random_prune': random pruning with the ticket's per-layer sparsity; 'random_reinit': the "
+            "ticket's mask with its surviving weights randomly re-initialised; 'transfer': the ticket (found on "
+            "another task) applied to this task's model. Needs --ticket.",
+            "choices": ["random_prune", "random_reinit", "transfer"],
+        },
+    )
+    ticket: str | None = field(default=None, metadata={"help": "Ticket folder or Hub id for --branch."})
+    branch_seed: int = field(default=0, metadata={"help": "Seed of the random branches."})
+
+
 def _given_flags(argv: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
 
 
-def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryArguments]:
-    """Parse model, data and lottery arguments (or one JSON file holding all of them), applying recipe/demo."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, LotteryArguments))
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryArguments, BranchArguments]:
+    """Parse model, data, lottery and branch arguments (or one JSON file holding all of them), applying
+    recipe/demo."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, LotteryArguments, BranchArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(os.path.abspath(argv[0]))
     pre = argparse.ArgumentParser(add_help=False)
@@ -118,12 +136,14 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryA
     for key, value in defaults.items():
         if key not in given:
             argv += [f"--{key}", *([str(v) for v in value] if isinstance(value, list) else [str(value)])]
-    model_args, data_args, lottery_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, lottery_args, branch_args = parser.parse_args_into_dataclasses(args=argv)
+    if (branch_args.branch is None) != (branch_args.ticket is None):
+        raise SystemExit("--branch and --ticket go together (e.g. --branch random_prune --ticket out/sst2/ticket).")
     if model_args.model_name_or_path is None:
         raise SystemExit("--model_name_or_path is required (or --demo for the offline demo).")
     if data_args.task_name is None:
         raise SystemExit("--task_name is required (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli).")
-    return model_args, data_args, lottery_args
+    return model_args, data_args, lottery_args, branch_args
 
 
 def _demo_model_path() -> str:
@@ -164,8 +184,28 @@ def build_datasets(data_args: DataArguments, tokenizer, seed: int):
     return task, tokenized[task.train_split], tokenized[task.validation_splits[0]]
 
 
-def find_ticket(model_args: ModelArguments, data_args: DataArguments, args: LotteryArguments) -> Any:
-    """Run IMP on a GLUE task; writes the ticket, the sparse model, the history and the plot to `output_dir`."""
+def branch_mask(branch_args: BranchArguments, model) -> Any:
+    """The mask (and, for random_reinit, the re-initialised model) of a lottery branch."""
+    from .branches import random_pruning_like, reinitialize_survivors, transfer_ticket
+    from .masks import TicketMask
+
+    ticket = TicketMask.from_pretrained(branch_args.ticket)
+    if branch_args.branch == "random_prune":
+        return random_pruning_like(ticket, model, seed=branch_args.branch_seed)
+    if branch_args.branch == "random_reinit":
+        reinitialize_survivors(model, ticket, seed=branch_args.branch_seed)
+        return ticket
+    return transfer_ticket(ticket, model)
+
+
+def find_ticket(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: LotteryArguments,
+    branch_args: BranchArguments | None = None,
+) -> Any:
+    """Run IMP on a GLUE task (or train one lottery branch); writes the ticket, the sparse model, the history and
+    the plot to `output_dir`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
     from glue_tasks import compute_metrics_fn
@@ -188,8 +228,13 @@ def find_ticket(model_args: ModelArguments, data_args: DataArguments, args: Lott
         label2id={n: i for i, n in enumerate(task.label_names)} if not task.is_regression else None,
         **hub,
     )
+    mask = None
+    if branch_args is not None and branch_args.branch is not None:
+        mask = branch_mask(branch_args, model)
+        args.target_sparsity = round(mask.sparsity, 10)  # one round: train the branch as it is
     trainer = LotteryTrainer(
         model=model,
+        mask=mask,
         args=args,
         train_dataset=train,
         eval_dataset=dev,
@@ -257,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nRun `hf-lottery find-ticket --help` for the options.")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     _configure_logging()
-    model_args, data_args, lottery_args = parse_args(argv[1:])
-    find_ticket(model_args, data_args, lottery_args)
+    find_ticket(*parse_args(argv[1:]))
     return 0
 
 
@@ -266,4 +310,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["DataArguments", "ModelArguments", "find_ticket", "format_history", "main", "parse_args"]
+__all__ = ["BranchArguments", "DataArguments", "ModelArguments", "find_ticket", "format_history", "main", "parse_args"]

@@ -20,6 +20,7 @@ from .hub import TicketConfig
 from .masks import TicketMask
 from .pruning import prune
 from .run_state import RunState, load_weights_, snapshot_weights
+from .scoring import scoring_kwargs_from_args, scoring_spec
 from .selection import prunable_parameters
 
 logger = logging.get_logger(__name__)
@@ -157,6 +158,11 @@ class LotteryTrainer(Trainer):
         self._schedule = self.args.sparsity_schedule(start=round(mask.sparsity, 10))
         self.lottery_history = []
         self._describe_ticket(mask)
+        if scoring_spec(self.args.pruning_method).at_init and len(self._schedule) > 1:
+            # Data-free methods at initialization (SynFlow) choose the ticket once, from θ0: round 0 trains the
+            # dense baseline, round 1 trains the ticket.
+            self._schedule = [self._schedule[0], self._schedule[-1]]
+            self._run_state.save_mask(1, self._score_and_prune(self._schedule[1], mask, round_index=1))
         self._set_mask(mask)
         self._run_state.save_mask(0, mask)
         self._run_state.write(0, "prepared", self._schedule, self.lottery_history)
@@ -206,21 +212,30 @@ class LotteryTrainer(Trainer):
                 create_card=not _internal_call,
             )
 
-    def _prune_for_round(self, round_index: int) -> None:
-        """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
+    def _score_and_prune(self, sparsity: float, mask: TicketMask | None, round_index: int) -> TicketMask:
         args = self.args
-        seed = (args.pruning_seed if args.pruning_seed is not None else args.seed) + round_index
-        mask = prune(
+        method_kwargs = scoring_kwargs_from_args(args)
+        if scoring_spec(args.pruning_method).needs_data:
+            method_kwargs["dataloader"] = self.get_train_dataloader()
+        return prune(
             self.model,
-            self._schedule[round_index],
+            sparsity,
             method=args.pruning_method,
             scope=args.pruning_scope,
-            mask=self.current_mask,
+            mask=mask,
             max_tensor_sparsity=args.max_tensor_sparsity,
             on_tensor_collapse=args.on_tensor_collapse,
-            seed=seed,
+            seed=(args.pruning_seed if args.pruning_seed is not None else args.seed) + round_index,
+            **method_kwargs,
         )
-        self._run_state.save_mask(round_index, mask)
+
+    def _prune_for_round(self, round_index: int) -> None:
+        """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
+        if scoring_spec(self.args.pruning_method).at_init:
+            mask = self._run_state.load_mask(round_index)  # chosen at θ0 when the run started
+        else:
+            mask = self._score_and_prune(self._schedule[round_index], self.current_mask, round_index)
+            self._run_state.save_mask(round_index, mask)
         self._run_state.write(round_index, "prepared", self._schedule, self.lottery_history)
         self.accelerator.wait_for_everyone()
         self._set_mask(mask)

@@ -29,7 +29,7 @@ def model_dir(tmp_path):
 
 
 def test_recipe_gives_defaults_and_flags_win(tmp_path):
-    _, data, args = parse_args(
+    _, data, args, _ = parse_args(
         [
             "--task_name",
             "mrpc",
@@ -61,7 +61,7 @@ def test_json_file(tmp_path):
             }
         )
     )
-    model, data, args = parse_args([str(path)])
+    model, data, args, _ = parse_args([str(path)])
     assert (model.model_name_or_path, data.task_name, args.target_sparsity, args.rewind) == ("m", "rte", 0.7, "lr")
 
 
@@ -143,3 +143,52 @@ def test_find_ticket_end_to_end_on_real_sst2_rows(tmp_path, model_dir, capsys):
     zeros = sum(int((params[n] == 0).sum()) for n in history[-1]["tensor_sparsity"])
     total = sum(params[n].numel() for n in history[-1]["tensor_sparsity"])
     assert zeros / total >= 0.5
+
+
+@pytest.mark.parametrize("branch", ["random_prune", "random_reinit", "transfer"])
+def test_branches_from_the_command_line(tmp_path, model_dir, branch):
+    from glue_tasks import sample_dataset_dir
+    from hf_lottery import TicketMask, prune
+
+    from transformers import AutoModelForSequenceClassification
+
+    ticket = prune(AutoModelForSequenceClassification.from_pretrained(model_dir), 0.4)
+    ticket.save_pretrained(tmp_path / "ticket")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "find-ticket",
+            "--task_name",
+            "sst2",
+            "--data_dir",
+            str(sample_dataset_dir()),
+            "--model_name_or_path",
+            str(model_dir),
+            "--max_train_samples",
+            "32",
+            "--max_eval_samples",
+            "16",
+            "--num_train_epochs",
+            "1",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--branch",
+            branch,
+            "--ticket",
+            str(tmp_path / "ticket"),
+            "--branch_seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    history = json.loads((out / "lottery_history.json").read_text())["rounds"]
+    assert len(history) == 1 and history[0]["sparsity"] == pytest.approx(ticket.sparsity, abs=1e-3)
+    found = TicketMask.from_pretrained(out / "ticket")
+    if branch == "random_prune":
+        assert found != ticket
+    else:
+        assert found == ticket

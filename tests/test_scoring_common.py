@@ -160,6 +160,6 @@ def test_method_settings_are_validated(bad, tmp_path):
 
 
 def test_method_specs():
-    assert scoring_spec("hydra").needs_data and scoring_spec("hydra").at_init
+    assert scoring_spec("hydra").needs_data and not scoring_spec("hydra").at_init
     assert scoring_spec("synflow").at_init and not scoring_spec("synflow").needs_data
     assert not scoring_spec("magnitude").at_init and not scoring_spec("random").needs_data

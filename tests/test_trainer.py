@@ -283,3 +283,19 @@ def test_save_model_folder_loads_vanilla_and_keeps_its_mask_when_handed_back(tmp
     assert callback.ticket == ticket
     params = dict(model.named_parameters())
     assert all(torch.count_nonzero(params[n][~m]) == 0 for n, m in ticket.items())
+
+
+def test_synflow_chooses_the_ticket_once_at_theta0(tmp_path):
+    from hf_lottery import prune
+
+    trainer, recorder, theta0 = run(tmp_path, pruning_method="synflow", synflow_iterations=5, target_sparsity=0.6)
+    assert [r["round"] for r in trainer.lottery_history] == [0, 1]
+    at_init = tiny_model(seed=1)
+    expected = prune(at_init, 0.6, method="synflow", iterations=5, seed=8)
+    assert trainer.ticket == expected
+    _assert_equal_weights(recorder.begin[1], _masked(theta0, expected))
+
+
+def test_hydra_runs_inside_the_trainer_with_the_train_dataloader(tmp_path):
+    trainer, _, _ = run(tmp_path, pruning_method="hydra", hydra_epochs=1, target_sparsity=0.5, pruning_rate=0.5)
+    assert [round(r["sparsity"], 4) for r in trainer.lottery_history] == [0.0, 0.5]

@@ -169,7 +169,7 @@ def _adversarial_backward(
     return total
 
 
-@register_scoring("hydra", needs_data=True, at_init=True)
+@register_scoring("hydra", needs_data=True)
 def hydra_scores(
     model: nn.Module,
     parameters: Mapping[str, torch.Tensor],
