@@ -12,6 +12,7 @@ from transformers.utils import logging
 
 from .arguments import LotteryArguments
 from .constants import LOTTERY_HISTORY_NAME
+from .distributed import check_distributed_setup, sync_mask
 from .enforcement import MaskEnforcerCallback
 from .history import write_history
 from .io_utils import load_tensors, save_tensors
@@ -68,6 +69,7 @@ class LotteryCallback(TrainerCallback):
 
     # -- events -----------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        check_distributed_setup(args)
         self._output_dir = args.output_dir
         run_state = RunState(args.output_dir, should_write=args.should_save)
         resumed_mask = self._mask_from_checkpoint(args, state)
@@ -120,6 +122,7 @@ class LotteryCallback(TrainerCallback):
             on_tensor_collapse=largs.on_tensor_collapse,
             seed=seed,
         )
+        mask = sync_mask(mask)
         if largs.rewind == "pretrained":
             load_weights_(model, self._theta0)
         elif largs.rewind == "step":

@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from .arguments import LotteryArguments
 from .constants import LOTTERY_HISTORY_NAME, ROUND_DIR_TEMPLATE, SPARSITY_PLOT_NAME
+from .distributed import broadcast_weights_, check_distributed_setup, sync_mask
 from .enforcement import MaskEnforcerCallback
 from .history import main_metric, plot_history, write_history
 from .masks import TicketMask
@@ -65,6 +66,7 @@ class LotteryTrainer(Trainer):
                 "LotteryTrainer needs `args=LotteryArguments(...)` (a TrainingArguments subclass with the lottery "
                 f"settings), got {type(training_args).__name__}."
             )
+        check_distributed_setup(training_args)
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers is not None and any(o is not None for o in optimizers):
             raise ValueError(
@@ -141,6 +143,7 @@ class LotteryTrainer(Trainer):
 
     def _start_run(self) -> tuple[int, str]:
         model = self.model
+        broadcast_weights_(model)  # θ0 is the main process's: DDP only syncs the weights it wraps, in round 0.
         self._theta0 = snapshot_weights(model)
         self._run_state.save_theta0(self._theta0)
         if self.initial_mask is not None:
@@ -148,6 +151,7 @@ class LotteryTrainer(Trainer):
             mask.validate(model)
         else:
             mask = TicketMask.ones_like(prunable_parameters(model, self.args.prune_modules))
+        mask = sync_mask(mask)
         self._schedule = self.args.sparsity_schedule(start=round(mask.sparsity, 10))
         self.lottery_history = []
         self._set_mask(mask)
@@ -190,6 +194,7 @@ class LotteryTrainer(Trainer):
             on_tensor_collapse=args.on_tensor_collapse,
             seed=seed,
         )
+        mask = sync_mask(mask)
         self._run_state.save_mask(round_index, mask)
         self._run_state.write(round_index, "prepared", self._schedule, self.lottery_history)
         self.accelerator.wait_for_everyone()
