@@ -17,3 +17,4 @@ ROUND_DIR_TEMPLATE = "round_{round}"
 TICKET_DIR_NAME = "ticket"
 
 SAFETENSORS_METADATA = {"format": "pt"}
+TENSOR_ORDER_METADATA_KEY = "hf_lottery.tensor_order"
