@@ -85,6 +85,12 @@ class RunState:
                     "history": history,
                 },
             )
+            if phase == "trained":
+                # Only the last finished round's weights are ever needed again; deleted only once state.json no
+                # longer points before them (a kill between the two must not lose the weights a resume rewinds to).
+                for old in self.dir.glob("trained_round_*.safetensors"):
+                    if old.name != f"trained_round_{round_index}.safetensors":
+                        old.unlink(missing_ok=True)
 
     # -- tensors ----------------------------------------------------------------------------------------------
     def _save(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -114,11 +120,6 @@ class RunState:
 
     def save_trained(self, round_index: int, weights: dict[str, torch.Tensor]) -> None:
         self._save(f"trained_round_{round_index}.safetensors", weights)
-        if self.should_write:
-            # Only the last finished round's weights are ever needed again.
-            for old in self.dir.glob("trained_round_*.safetensors"):
-                if old.name != f"trained_round_{round_index}.safetensors":
-                    old.unlink(missing_ok=True)
 
     def load_trained(self, round_index: int) -> dict[str, torch.Tensor]:
         return self._load(f"trained_round_{round_index}.safetensors")
