@@ -76,6 +76,13 @@ class LotteryCallback(TrainerCallback):
         if self.fixed_mask:
             self._enforcer.set_mask(model, resumed_mask or self._initial_mask, optimizer)
             return
+        if state.global_step > 0 and resumed_mask is None:
+            # Restarting from a dense mask would silently undo the pruning already in the checkpoint's weights.
+            raise ValueError(
+                f"Resuming gradual IMP at step {state.global_step}, but {args.output_dir}/{PREFIX_CHECKPOINT_DIR}-"
+                f"{state.global_step} has no {_CALLBACK_MASK_NAME} (the run was killed while saving, or the "
+                "checkpoint is not in output_dir). Delete that checkpoint folder to resume from the previous one."
+            )
         if state.global_step == 0 or self._theta0 is None:
             if state.global_step == 0:
                 self._theta0 = snapshot_weights(model)
