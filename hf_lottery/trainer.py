@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import TrainOutput, enable_full_determinism, get_last_checkpoint, set_seed
+from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
 from .arguments import LotteryArguments
@@ -19,6 +19,7 @@ from .enforcement import MaskEnforcerCallback
 from .history import main_metric, plot_history, write_history
 from .masks import TicketMask
 from .pruning import prune
+from .resume import TrainLossCarry, last_complete_checkpoint
 from .run_state import RunState, load_weights_, snapshot_weights
 from .selection import prunable_parameters
 
@@ -78,6 +79,7 @@ class LotteryTrainer(Trainer):
         self._enforcer = MaskEnforcerCallback()
         self.add_callback(self._enforcer)
         self.add_callback(_RewindPointCallback(self))
+        self.add_callback(TrainLossCarry(self))  # a resumed round reports the train_loss of an uninterrupted one
         self.initial_mask = mask
         self.ticket: TicketMask | None = None
         self.lottery_history: list[dict[str, Any]] = []
@@ -173,6 +175,7 @@ class LotteryTrainer(Trainer):
         if phase == "trained":
             load_weights_(self.model, self._run_state.load_trained(round_index))
         self._set_mask(mask)
+        self._write_history()  # a kill may have come between state.json and lottery_history.json
         logger.info("Resuming the lottery run at round %d (%s).", round_index, phase)
         return round_index, phase
 
@@ -223,17 +226,16 @@ class LotteryTrainer(Trainer):
         args = self.args
         self.lottery_round = round_index
         if resume and checkpoint is None:
-            checkpoint = (
-                get_last_checkpoint(self._get_output_dir(trial))
-                if os.path.isdir(self._get_output_dir(trial))
-                else None
-            )
+            # Not get_last_checkpoint: it would pick a checkpoint folder left half-written by a kill.
+            checkpoint = last_complete_checkpoint(self._get_output_dir(trial))
         if checkpoint is None:
             self._rewind(round_index)
-            # Each round starts from its own seed, so a resumed run repeats exactly what an uninterrupted one does.
-            enable_full_determinism(args.seed + round_index) if args.full_determinism else set_seed(
-                args.seed + round_index
-            )
+        # Each round starts from its own seed, so a resumed run repeats exactly what an uninterrupted one does. Also
+        # when resuming from a checkpoint: the data order of the round derives from this seed (accelerate's seedable
+        # sampler takes torch.initial_seed()); the Trainer then restores the checkpoint's RNG states itself.
+        enable_full_determinism(args.seed + round_index) if args.full_determinism else set_seed(
+            args.seed + round_index
+        )
         logger.info(
             "Lottery round %d/%d: sparsity %.1f%% (%s)%s",
             round_index,
