@@ -3,6 +3,7 @@
 from .arguments import LotteryArguments, sparsity_schedule
 from .callback import LotteryCallback
 from .masks import TicketMask
+from .peft_utils import apply_ticket_to_peft, merge_and_unload_sparse, remove_ticket_from_peft
 from .pruning import prune
 from .scoring import get_scoring, register_scoring, registered_methods
 from .selection import default_prunable_names, prunable_parameters
@@ -17,12 +18,15 @@ __all__ = [
     "LotteryCallback",
     "LotteryTrainer",
     "TicketMask",
+    "apply_ticket_to_peft",
     "default_prunable_names",
     "get_scoring",
+    "merge_and_unload_sparse",
     "prunable_parameters",
     "prune",
     "register_scoring",
     "registered_methods",
+    "remove_ticket_from_peft",
     "select_mask",
     "sparsity_schedule",
 ]

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .peft_utils import named_parameters
+
 
 class TicketMask(Mapping[str, torch.Tensor]):
     """A pruning mask over named parameters: `{parameter name: torch.BoolTensor}`, True where a weight is kept.
@@ -115,7 +117,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
         Raises:
             `ValueError`: naming the first parameter that is missing or whose shape differs.
         """
-        params = dict(model.named_parameters())
+        params = named_parameters(model)  # original names, also under peft
         for name, mask in self._masks.items():
             if name not in params:
                 near = [p for p in params if p.endswith(name) or name.endswith(p)]
@@ -134,7 +136,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
     def apply_(self, model: nn.Module) -> nn.Module:
         """Zero the pruned weights of `model` in place (after [`~TicketMask.validate`]) and return `model`."""
         self.validate(model)
-        params = dict(model.named_parameters())
+        params = named_parameters(model)
         for name, mask in self._masks.items():
             param = params[name]
             param.mul_(mask.to(device=param.device, dtype=param.dtype))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .masks import TicketMask
+from .peft_utils import named_parameters
 from .scoring import get_scoring
 from .selection import prunable_parameters
 from .selector import select_mask
@@ -61,7 +62,7 @@ def prune(
     if mask is not None:
         mask = mask if isinstance(mask, TicketMask) else TicketMask(mask)
         mask.validate(model)
-        named = dict(model.named_parameters())
+        named = named_parameters(model)
         parameters = {name: named[name] for name in mask}
     else:
         parameters = prunable_parameters(model, prune_modules)
