@@ -48,7 +48,10 @@ class LotteryCallback(TrainerCallback):
 
     def __init__(self, args: LotteryArguments, mask: TicketMask | None = None):
         if not isinstance(args, LotteryArguments):
-            raise TypeError(f"LotteryCallback needs LotteryArguments, got {type(args).__name__}.")
+            raise TypeError(
+                f"LotteryCallback needs LotteryArguments, got {type(args).__name__}: "
+                "LotteryCallback(LotteryArguments(output_dir=..., target_sparsity=...), mask=None)."
+            )
         if mask is None and args.rewind == "lr":
             raise ValueError(
                 "rewind='lr' restarts the learning-rate schedule each round, which one training run cannot do; use "

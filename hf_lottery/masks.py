@@ -34,7 +34,10 @@ class TicketMask(Mapping[str, torch.Tensor]):
                 raise TypeError(f"Mask for {name!r} must be a torch.Tensor, got {type(mask).__name__}.")
             if mask.dtype != torch.bool:
                 if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
-                    raise ValueError(f"Mask for {name!r} holds values other than 0 and 1.")
+                    raise ValueError(
+                        f"Mask for {name!r} holds values other than 0 and 1; a mask is boolean: True (1) keeps a "
+                        "weight, False (0) prunes it. Threshold scores yourself, or use hf_lottery.prune()."
+                    )
                 mask = mask != 0
             checked[name] = mask.detach().to("cpu", copy=False)
         self._masks = checked

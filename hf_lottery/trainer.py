@@ -13,6 +13,7 @@ from transformers.trainer_utils import TrainOutput, enable_full_determinism, set
 from transformers.utils import logging
 
 from .arguments import LotteryArguments
+from .checks import as_initial_mask, check_datasets, check_resumed_schedule
 from .constants import LOTTERY_HISTORY_NAME, ROUND_DIR_TEMPLATE, SPARSITY_PLOT_NAME
 from .distributed import broadcast_weights_, check_distributed_setup, sync_mask
 from .enforcement import MaskEnforcerCallback
@@ -80,7 +81,7 @@ class LotteryTrainer(Trainer):
         self.add_callback(self._enforcer)
         self.add_callback(_RewindPointCallback(self))
         self.add_callback(TrainLossCarry(self))  # a resumed round reports the train_loss of an uninterrupted one
-        self.initial_mask = mask
+        self.initial_mask = as_initial_mask(mask, self.args)
         self.ticket: TicketMask | None = None
         self.lottery_history: list[dict[str, Any]] = []
         self.lottery_round: int | None = None
@@ -116,6 +117,7 @@ class LotteryTrainer(Trainer):
                 `output_dir` (the round, and the last checkpoint of that round); a path to a checkpoint of the
                 current round works as well.
         """
+        check_datasets(self)
         resume = resume_from_checkpoint not in (None, False)
         if resume and self._run_state.exists():
             round_index, phase = self._restore_run()
@@ -165,6 +167,7 @@ class LotteryTrainer(Trainer):
 
     def _restore_run(self) -> tuple[int, str]:
         state = self._run_state.read()
+        check_resumed_schedule(state["schedule"], self.args)
         self._schedule = state["schedule"]
         self.lottery_history = state["history"]
         round_index, phase = state["round"], state["phase"]
