@@ -98,7 +98,10 @@ def lottery_args(output_dir: str, rewind: str = "pretrained", target_sparsity: f
 def run_lottery(
     output_dir: str, rewind: str, target_sparsity: float, resume: bool, killer: Killer | None = None
 ) -> LotteryTrainer:
-    model = tiny_model(seed=0 if not resume else 123)  # a resumed run must take θ0 from its state, not the model
+    resuming = resume and RunState(output_dir).exists()
+    # A resumed run must take θ0 from its state, not from the model it is given: give it another one. (Killed
+    # before its first state.json, a run starts afresh, from the same model as the reference.)
+    model = tiny_model(seed=123 if resuming else 0)
     trainer = LotteryTrainer(
         model=model,
         args=lottery_args(output_dir, rewind, target_sparsity),
@@ -110,7 +113,7 @@ def run_lottery(
         trainer.add_callback(killer.callback())
     # A user's restart script: resume when there is a run to resume (a kill before the first state write leaves
     # none, and train(resume_from_checkpoint=True) then refuses).
-    trainer.train(resume_from_checkpoint=True if resume and RunState(output_dir).exists() else None)
+    trainer.train(resume_from_checkpoint=True if resuming else None)
     return trainer
 
 
