@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = [k for k in range(1, len(names) + 1) if k not in points]
         points += rng.sample(rest, min(cli.points - len(points), len(rest)))
         plan = [("event", k) for k in sorted(points)]
-        plan += [("time", round(rng.uniform(0.05, 1.0) * ref_seconds, 3)) for _ in range(time_points)]
+        plan += [("time", round(rng.uniform(0.05, 0.8) * ref_seconds, 3)) for _ in range(time_points)]
 
         # 3. Kill, resume, compare.
         for index, (kind, where) in enumerate(plan):
