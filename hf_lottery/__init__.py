@@ -5,6 +5,7 @@ from .branches import random_pruning_like, reinitialize_survivors, transfer_tick
 from .callback import LotteryCallback
 from .hub import TicketConfig, TicketUploadError, save_sparse_model
 from .masks import TicketMask
+from .peft_utils import apply_ticket_to_peft, merge_and_unload_sparse, remove_ticket_from_peft
 from .pruning import prune
 from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
 from .selection import default_prunable_names, prunable_parameters
@@ -21,8 +22,10 @@ __all__ = [
     "TicketConfig",
     "TicketMask",
     "TicketUploadError",
+    "apply_ticket_to_peft",
     "default_prunable_names",
     "get_scoring",
+    "merge_and_unload_sparse",
     "prunable_parameters",
     "prune",
     "random_pruning_like",
@@ -32,6 +35,7 @@ __all__ = [
     "save_sparse_model",
     "scoring_kwargs_from_args",
     "scoring_spec",
+    "remove_ticket_from_peft",
     "select_mask",
     "sparsity_schedule",
     "transfer_ticket",

@@ -158,7 +158,9 @@ class LotteryArguments(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.target_sparsity < 1.0:
-            raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}.")
+            raise ValueError(
+                f"target_sparsity must be a fraction in [0, 1) (0.6 removes 60%), got {self.target_sparsity}."
+            )
         if not 0.0 < self.pruning_rate < 1.0:
             raise ValueError(f"pruning_rate must be in (0, 1), got {self.pruning_rate}.")
         _choices("pruning_rate_of", self.pruning_rate_of, PRUNING_RATE_OF)

@@ -12,6 +12,7 @@ from transformers.utils import logging
 
 from .arguments import LotteryArguments
 from .constants import LOTTERY_HISTORY_NAME
+from .distributed import check_distributed_setup, sync_mask
 from .enforcement import MaskEnforcerCallback
 from .history import write_history
 from .io_utils import load_tensors, save_tensors
@@ -49,7 +50,10 @@ class LotteryCallback(TrainerCallback):
 
     def __init__(self, args: LotteryArguments, mask: TicketMask | None = None):
         if not isinstance(args, LotteryArguments):
-            raise TypeError(f"LotteryCallback needs LotteryArguments, got {type(args).__name__}.")
+            raise TypeError(
+                f"LotteryCallback needs LotteryArguments, got {type(args).__name__}: "
+                "LotteryCallback(LotteryArguments(output_dir=..., target_sparsity=...), mask=None)."
+            )
         if mask is None and args.rewind == "lr":
             raise ValueError(
                 "rewind='lr' restarts the learning-rate schedule each round, which one training run cannot do; use "
@@ -70,12 +74,20 @@ class LotteryCallback(TrainerCallback):
 
     # -- events -----------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        check_distributed_setup(args)
         self._output_dir = args.output_dir
         run_state = RunState(args.output_dir, should_write=args.should_save)
         resumed_mask = self._mask_from_checkpoint(args, state)
         if self.fixed_mask:
             self._enforcer.set_mask(model, resumed_mask or self._initial_mask, optimizer)
             return
+        if state.global_step > 0 and resumed_mask is None:
+            # Restarting from a dense mask would silently undo the pruning already in the checkpoint's weights.
+            raise ValueError(
+                f"Resuming gradual IMP at step {state.global_step}, but {args.output_dir}/{PREFIX_CHECKPOINT_DIR}-"
+                f"{state.global_step} has no {_CALLBACK_MASK_NAME} (the run was killed while saving, or the "
+                "checkpoint is not in output_dir). Delete that checkpoint folder to resume from the previous one."
+            )
         if state.global_step == 0 or self._theta0 is None:
             if state.global_step == 0:
                 self._theta0 = snapshot_weights(model)
@@ -130,6 +142,7 @@ class LotteryCallback(TrainerCallback):
             seed=seed,
             **method_kwargs,
         )
+        mask = sync_mask(mask)
         if largs.rewind == "pretrained":
             load_weights_(model, self._theta0)
         elif largs.rewind == "step":

@@ -26,3 +26,4 @@ MASK_FORMAT_KEY = "hf_lottery_mask_format"  # safetensors metadata entry: MASK_F
 LIBRARY_NAME = "hf_lottery"
 TICKET_CARD_TEMPLATE = "ticket_card.md"  # in hf_lottery/templates/ (packaged copy of model_cards/ticket_card.md)
 TICKET_CARD_TAGS = ("lottery-ticket", "pruning", "sparsity")
+TENSOR_ORDER_METADATA_KEY = "hf_lottery.tensor_order"

@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from .masks import TicketMask
+from .peft_utils import named_parameters, sync_lora_masks
 
 logger = logging.get_logger(__name__)
 
@@ -25,7 +26,8 @@ class MaskEnforcer:
     def __init__(self, model: nn.Module, mask: TicketMask):
         mask.validate(model)
         self.mask = mask
-        named = dict(model.named_parameters())
+        named = named_parameters(model)  # original names, also under peft
+        sync_lora_masks(model, mask)  # LoRA updates over pruned weights are masked too (no-op without peft)
         self._pruned: list[tuple[nn.Parameter, torch.Tensor]] = [
             (named[name], (~m).to(named[name].device)) for name, m in mask.items() if not bool(m.all())
         ]

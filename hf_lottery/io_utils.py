@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .constants import SAFETENSORS_METADATA
+from .constants import SAFETENSORS_METADATA, TENSOR_ORDER_METADATA_KEY
 
 
 @contextlib.contextmanager
@@ -40,10 +41,18 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Save `{name: tensor}` to a safetensors file atomically (tensors made contiguous and moved to CPU)."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # safetensors returns names sorted; the order matters (tie-breaking, random scores), so it is recorded.
+    order = {TENSOR_ORDER_METADATA_KEY: json.dumps(list(plain))}
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata={**SAFETENSORS_METADATA, **(metadata or {})})
+        save_file(plain, str(tmp), metadata={**SAFETENSORS_METADATA, **order, **(metadata or {})})
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file to CPU tensors."""
-    return load_file(str(path), device="cpu")
+    """Load a safetensors file to CPU tensors, in the order they were saved in by [`save_tensors`]."""
+    tensors = load_file(str(path), device="cpu")
+    with safe_open(str(path), framework="pt") as f:
+        order = (f.metadata() or {}).get(TENSOR_ORDER_METADATA_KEY)
+    names = json.loads(order) if order else []
+    if sorted(names) != sorted(tensors):
+        return tensors
+    return {name: tensors[name] for name in names}

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .peft_utils import named_parameters
+
 if TYPE_CHECKING:
     from .hub import TicketConfig
 
@@ -37,7 +39,10 @@ class TicketMask(Mapping[str, torch.Tensor]):
                 raise TypeError(f"Mask for {name!r} must be a torch.Tensor, got {type(mask).__name__}.")
             if mask.dtype != torch.bool:
                 if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
-                    raise ValueError(f"Mask for {name!r} holds values other than 0 and 1.")
+                    raise ValueError(
+                        f"Mask for {name!r} holds values other than 0 and 1; a mask is boolean: True (1) keeps a "
+                        "weight, False (0) prunes it. Threshold scores yourself, or use hf_lottery.prune()."
+                    )
                 mask = mask != 0
             checked[name] = mask.detach().to("cpu", copy=False)
         self._masks = checked
@@ -120,7 +125,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
         Raises:
             `ValueError`: naming the first parameter that is missing or whose shape differs.
         """
-        params = dict(model.named_parameters())
+        params = named_parameters(model)  # original names, also under peft
         for name, mask in self._masks.items():
             if name not in params:
                 near = [p for p in params if p.endswith(name) or name.endswith(p)]
@@ -139,7 +144,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
     def apply_(self, model: nn.Module) -> nn.Module:
         """Zero the pruned weights of `model` in place (after [`~TicketMask.validate`]) and return `model`."""
         self.validate(model)
-        params = dict(model.named_parameters())
+        params = named_parameters(model)
         for name, mask in self._masks.items():
             param = params[name]
             param.mul_(mask.to(device=param.device, dtype=param.dtype))

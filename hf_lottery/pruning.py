@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .masks import TicketMask
+from .peft_utils import named_parameters
 from .scoring import get_scoring
 from .selection import prunable_parameters
 from .selector import select_mask
@@ -64,8 +65,8 @@ def prune(
     if mask is not None:
         mask = mask if isinstance(mask, TicketMask) else TicketMask(mask)
         mask.validate(model)
-        # Model order, not the mask's: tie-breaking follows tensor order, and a mask read from disk is sorted.
-        parameters = {name: p for name, p in model.named_parameters() if name in mask}
+        # Model order, not the mask's: tie-breaking follows tensor order.
+        parameters = {name: p for name, p in named_parameters(model).items() if name in mask}
     else:
         parameters = prunable_parameters(model, prune_modules)
     select = partial(

@@ -40,10 +40,13 @@ def load_weights_(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     for name, value in weights.items():
+        hint = "The saved weights come from another model: resume with the model the run started with."
         if name not in targets:
-            raise ValueError(f"Cannot rewind: the model has no parameter or buffer {name!r}.")
+            raise ValueError(f"Cannot rewind: the model has no parameter or buffer {name!r}. {hint}")
         if targets[name].shape != value.shape:
-            raise ValueError(f"Cannot rewind {name!r}: shape {tuple(value.shape)} vs {tuple(targets[name].shape)}.")
+            raise ValueError(
+                f"Cannot rewind {name!r}: shape {tuple(value.shape)} vs {tuple(targets[name].shape)}. {hint}"
+            )
         targets[name].copy_(value)
 
 
@@ -66,6 +69,9 @@ class RunState:
             raise ValueError(
                 f"Cannot read the lottery run state {path}: {err}. Remove {self.dir} to start over."
             ) from err
+        missing = [key for key in ("round", "phase", "schedule", "history") if key not in state]
+        if missing and state.get("format_version") == STATE_FORMAT_VERSION:
+            raise ValueError(f"{path} lacks {', '.join(missing)} (edited by hand?). Remove {self.dir} to start over.")
         if state.get("format_version") != STATE_FORMAT_VERSION:
             raise ValueError(
                 f"{path} has format version {state.get('format_version')!r}; this hf_lottery reads "
@@ -85,6 +91,12 @@ class RunState:
                     "history": history,
                 },
             )
+            if phase == "trained":
+                # Only the last finished round's weights are ever needed again; deleted only once state.json no
+                # longer points before them (a kill between the two must not lose the weights a resume rewinds to).
+                for old in self.dir.glob("trained_round_*.safetensors"):
+                    if old.name != f"trained_round_{round_index}.safetensors":
+                        old.unlink(missing_ok=True)
 
     # -- tensors ----------------------------------------------------------------------------------------------
     def _save(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -95,7 +107,10 @@ class RunState:
         path = self.dir / name
         if not path.is_file():
             raise FileNotFoundError(f"The lottery run state is missing {path}; remove {self.dir} to start over.")
-        return load_tensors(path)
+        try:
+            return load_tensors(path)
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{path} is damaged ({err}); remove {self.dir} to start over.") from err
 
     def save_theta0(self, weights: dict[str, torch.Tensor]) -> None:
         self._save(THETA0_NAME, weights)
@@ -114,11 +129,6 @@ class RunState:
 
     def save_trained(self, round_index: int, weights: dict[str, torch.Tensor]) -> None:
         self._save(f"trained_round_{round_index}.safetensors", weights)
-        if self.should_write:
-            # Only the last finished round's weights are ever needed again.
-            for old in self.dir.glob("trained_round_*.safetensors"):
-                if old.name != f"trained_round_{round_index}.safetensors":
-                    old.unlink(missing_ok=True)
 
     def load_trained(self, round_index: int) -> dict[str, torch.Tensor]:
         return self._load(f"trained_round_{round_index}.safetensors")

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .peft_utils import named_parameters, original_names
+
 # Parts of the base model that are never pruned by default (ELECTRA's `embeddings_project` is a Linear).
 _DEFAULT_EXCLUDED = re.compile(r"(^|\.)embeddings(\.|_|$)")
 
@@ -32,7 +34,7 @@ def default_prunable_names(model: nn.Module) -> list[str]:
         if isinstance(module, nn.Linear) and not _DEFAULT_EXCLUDED.search(module_name):
             full = f"{prefix}.{module_name}" if prefix else module_name
             names.append(f"{full}.weight")
-    return names
+    return original_names(model, names)  # under peft: `...query.base_layer.weight` -> `...query.weight`
 
 
 def prunable_parameters(model: nn.Module, prune_modules: Sequence[str] | str | None = None) -> dict[str, nn.Parameter]:
@@ -47,7 +49,7 @@ def prunable_parameters(model: nn.Module, prune_modules: Sequence[str] | str | N
     Raises:
         `ValueError`: when nothing is selected, or a regex is invalid.
     """
-    params = dict(model.named_parameters())
+    params = named_parameters(model)  # original names, also under peft
     if prune_modules is None:
         wanted = set(default_prunable_names(model))
     else:

@@ -83,8 +83,10 @@ def select_mask(
     Ties are broken deterministically: among equal scores, the weight that comes first (tensor order, then
     row-major index) is pruned first.
     """
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a float in [0, 1) (e.g. 0.5 prunes half), got {type(sparsity).__name__}.")
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")
+        raise ValueError(f"sparsity must be a fraction in [0, 1) (e.g. 0.5 prunes half), got {sparsity}.")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
     if on_tensor_collapse not in COLLAPSE_POLICIES:
@@ -92,6 +94,13 @@ def select_mask(
     if max_tensor_sparsity is not None and not 0.0 < max_tensor_sparsity <= 1.0:
         raise ValueError(f"max_tensor_sparsity must be in (0, 1] or None, got {max_tensor_sparsity}.")
     names = list(scores)
+    for n in names:
+        if torch.isnan(scores[n]).any():
+            raise ValueError(
+                f"Pruning scores of {n!r} contain NaN: the weights (or what the scoring method uses) hold NaN, e.g. "
+                "after a diverged training run. Check the model (torch.isnan(param).any()) and lower the learning "
+                "rate or fix the data before pruning."
+            )
     if mask is not None:
         missing = [n for n in names if n not in mask]
         if missing:
@@ -123,7 +132,7 @@ def select_mask(
         if k < sum(already.values()):
             raise ValueError(
                 f"Requested sparsity {sparsity} is below the current mask's "
-                f"{sum(already.values()) / total:.4f}; pruned weights stay pruned."
+                f"{sum(already.values()) / total:.4f}; pruned weights stay pruned. Ask for at least that sparsity."
             )
         keep = _global_keep(names, scores, mask, k)
         pruned = {n: numel[n] - int(keep[n].sum()) for n in names}

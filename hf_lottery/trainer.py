@@ -9,16 +9,19 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import TrainOutput, enable_full_determinism, get_last_checkpoint, set_seed
+from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
 from .arguments import LotteryArguments
+from .checks import as_initial_mask, check_datasets, check_resumed_schedule
 from .constants import LOTTERY_HISTORY_NAME, ROUND_DIR_TEMPLATE, SPARSITY_PLOT_NAME
+from .distributed import broadcast_weights_, check_distributed_setup, sync_mask
 from .enforcement import MaskEnforcerCallback
 from .history import main_metric, plot_history, write_history
 from .hub import TicketConfig
 from .masks import TicketMask
 from .pruning import prune
+from .resume import TrainLossCarry, last_complete_checkpoint
 from .run_state import RunState, load_weights_, snapshot_weights
 from .scoring import scoring_kwargs_from_args, scoring_spec
 from .selection import prunable_parameters
@@ -69,6 +72,7 @@ class LotteryTrainer(Trainer):
                 "LotteryTrainer needs `args=LotteryArguments(...)` (a TrainingArguments subclass with the lottery "
                 f"settings), got {type(training_args).__name__}."
             )
+        check_distributed_setup(training_args)
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers is not None and any(o is not None for o in optimizers):
             raise ValueError(
@@ -80,9 +84,9 @@ class LotteryTrainer(Trainer):
         self._enforcer = MaskEnforcerCallback()
         self.add_callback(self._enforcer)
         self.add_callback(_RewindPointCallback(self))
-        if mask is None:
-            mask = _ticket_beside_weights(self.model)
-        self.initial_mask = mask
+        self.add_callback(TrainLossCarry(self))  # a resumed round reports the train_loss of an uninterrupted one
+        # A sparse folder saved by hf_lottery carries its ticket: keep it (trained as it is if above the target).
+        self.initial_mask = _ticket_beside_weights(self.model) if mask is None else as_initial_mask(mask, self.args)
         self.ticket: TicketMask | None = None
         self.lottery_history: list[dict[str, Any]] = []
         self.lottery_round: int | None = None
@@ -119,6 +123,7 @@ class LotteryTrainer(Trainer):
                 `output_dir` (the round, and the last checkpoint of that round); a path to a checkpoint of the
                 current round works as well.
         """
+        check_datasets(self)
         resume = resume_from_checkpoint not in (None, False)
         if resume and self._run_state.exists():
             round_index, phase = self._restore_run()
@@ -148,6 +153,7 @@ class LotteryTrainer(Trainer):
 
     def _start_run(self) -> tuple[int, str]:
         model = self.model
+        broadcast_weights_(model)  # θ0 is the main process's: DDP only syncs the weights it wraps, in round 0.
         self._theta0 = snapshot_weights(model)
         self._run_state.save_theta0(self._theta0)
         if self.initial_mask is not None:
@@ -155,6 +161,7 @@ class LotteryTrainer(Trainer):
             mask.validate(model)
         else:
             mask = TicketMask.ones_like(prunable_parameters(model, self.args.prune_modules))
+        mask = sync_mask(mask)
         self._schedule = self.args.sparsity_schedule(start=round(mask.sparsity, 10))
         self.lottery_history = []
         self._describe_ticket(mask)
@@ -162,7 +169,7 @@ class LotteryTrainer(Trainer):
             # Data-free methods at initialization (SynFlow) choose the ticket once, from θ0: round 0 trains the
             # dense baseline, round 1 trains the ticket.
             self._schedule = [self._schedule[0], self._schedule[-1]]
-            self._run_state.save_mask(1, self._score_and_prune(self._schedule[1], mask, round_index=1))
+            self._run_state.save_mask(1, sync_mask(self._score_and_prune(self._schedule[1], mask, round_index=1)))
         self._set_mask(mask)
         self._run_state.save_mask(0, mask)
         self._run_state.write(0, "prepared", self._schedule, self.lottery_history)
@@ -172,6 +179,7 @@ class LotteryTrainer(Trainer):
 
     def _restore_run(self) -> tuple[int, str]:
         state = self._run_state.read()
+        check_resumed_schedule(state["schedule"], self.args)
         self._schedule = state["schedule"]
         self.lottery_history = state["history"]
         round_index, phase = state["round"], state["phase"]
@@ -183,6 +191,7 @@ class LotteryTrainer(Trainer):
         if phase == "trained":
             load_weights_(self.model, self._run_state.load_trained(round_index))
         self._set_mask(mask)
+        self._write_history()  # a kill may have come between state.json and lottery_history.json
         logger.info("Resuming the lottery run at round %d (%s).", round_index, phase)
         return round_index, phase
 
@@ -234,7 +243,7 @@ class LotteryTrainer(Trainer):
         if scoring_spec(self.args.pruning_method).at_init:
             mask = self._run_state.load_mask(round_index)  # chosen at θ0 when the run started
         else:
-            mask = self._score_and_prune(self._schedule[round_index], self.current_mask, round_index)
+            mask = sync_mask(self._score_and_prune(self._schedule[round_index], self.current_mask, round_index))
             self._run_state.save_mask(round_index, mask)
         self._run_state.write(round_index, "prepared", self._schedule, self.lottery_history)
         self.accelerator.wait_for_everyone()
@@ -263,11 +272,8 @@ class LotteryTrainer(Trainer):
         args = self.args
         self.lottery_round = round_index
         if resume and checkpoint is None:
-            checkpoint = (
-                get_last_checkpoint(self._get_output_dir(trial))
-                if os.path.isdir(self._get_output_dir(trial))
-                else None
-            )
+            # Not get_last_checkpoint: it would pick a checkpoint folder left half-written by a kill.
+            checkpoint = last_complete_checkpoint(self._get_output_dir(trial))
         if checkpoint is None:
             self._rewind(round_index)
         # Each round starts from its own seed, also when it resumes: accelerate seeds the data order from the

@@ -147,10 +147,10 @@ def test_find_ticket_end_to_end_on_real_sst2_rows(tmp_path, model_dir, capsys):
 
 @pytest.mark.parametrize("branch", ["random_prune", "random_reinit", "transfer"])
 def test_branches_from_the_command_line(tmp_path, model_dir, branch):
+    from transformers import AutoModelForSequenceClassification
+
     from glue_tasks import sample_dataset_dir
     from hf_lottery import TicketMask, prune
-
-    from transformers import AutoModelForSequenceClassification
 
     ticket = prune(AutoModelForSequenceClassification.from_pretrained(model_dir), 0.4)
     ticket.save_pretrained(tmp_path / "ticket")

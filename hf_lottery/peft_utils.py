@@ -1,0 +1,292 @@
+"""`peft` (LoRA) over a lottery ticket: masks by original names, masked LoRA updates, sparse merging.
+
+A `PeftModel` renames the weights it wraps (`bert.encoder.layer.0.attention.self.query.weight` becomes
+`base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight`). hf_lottery always addresses the
+base weights by their *original* names ([`named_parameters`]), so a ticket found on the plain model fits the
+`PeftModel` and a ticket found on a `PeftModel` fits the plain one; adapter weights are never prunable.
+
+A LoRA update ΔW = s·B·A is dense: trained as is, merging it would refill the pruned weights. Once a ticket is
+applied ([`apply_ticket_to_peft`], or by `LotteryTrainer` / `LotteryCallback`, whose mask enforcement does it), each
+LoRA layer over a masked weight computes `base(x) + x·(ΔW ⊙ m)ᵀ` and merges `W + ΔW ⊙ m`: the trained function is
+exactly the merged sparse one, and [`merge_and_unload_sparse`] (or peft's own `merge_and_unload`) keeps the zeros.
+This forms ΔW (the size of W) in each forward pass of a masked layer, which LoRA's low-rank path avoids; the
+adapter's size and what is saved are unchanged. Supported: LoRA on `nn.Linear` (and GPT-2's `Conv1D`), no DoRA or
+other LoRA variant.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "apply_ticket_to_peft",
+    "is_peft_model",
+    "merge_and_unload_sparse",
+    "named_parameters",
+    "original_parameter_name",
+    "remove_ticket_from_peft",
+]
+
+_KEEP_ATTRIBUTE = "_hf_lottery_keep"  # on a LoRA layer: the bool mask of its base weight, on the weight's device
+
+
+# -- Names ---------------------------------------------------------------------------------------------------------
+def is_peft_model(model: nn.Module) -> bool:
+    """True if `model` is a `peft.PeftModel` or holds peft adapter layers."""
+    if "peft" not in sys.modules:  # nothing can be a peft model before peft is imported
+        return False
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+def _peft_root_and_adapter_names(model: nn.Module) -> tuple[nn.Module, set[str]]:
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    root = model.get_base_model() if isinstance(model, PeftModel) else model
+    adapter_names = {"original_module"}  # modules_to_save keeps a frozen copy of the original module
+    for module in root.modules():
+        if isinstance(module, BaseTunerLayer):
+            adapter_names.update(module.adapter_layer_names)
+    return root, adapter_names
+
+
+def original_parameter_name(name: str, adapter_layer_names: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """The name a parameter has in the model without peft, or None for adapter weights.
+
+    `name` is relative to the base model (`PeftModel.get_base_model()`): `...query.base_layer.weight` ->
+    `...query.weight`; the trainable copy of a `modules_to_save` module (`classifier.modules_to_save.default.weight`)
+    -> `classifier.weight`; anything under one of `adapter_layer_names` (`lora_A`, `lora_B`, ...) or a
+    `modules_to_save` frozen copy (`original_module`) -> None.
+    """
+    parts = name.split(".")
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if part in adapter_layer_names or part.startswith("lora_"):
+            return None
+        if part == "modules_to_save":
+            i += 2  # "modules_to_save.<adapter name>"
+            continue
+        if part != "base_layer":
+            out.append(part)
+        i += 1
+    return ".".join(out)
+
+
+def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """`{name: parameter}` with the names of the model without peft (adapter weights left out).
+
+    For a model without peft adapters this is `dict(model.named_parameters())`.
+    """
+    if not is_peft_model(model):
+        return dict(model.named_parameters())
+    root, adapter_names = _peft_root_and_adapter_names(model)
+    named: dict[str, nn.Parameter] = {}
+    for name, param in root.named_parameters():
+        original = original_parameter_name(name, adapter_names)
+        if original is not None:
+            named[original] = param
+    return named
+
+
+def original_names(model: nn.Module, names: list[str]) -> list[str]:
+    """Map parameter names found by walking `model`'s modules to the original names (identity without peft)."""
+    if not is_peft_model(model):
+        return names
+    _, adapter_names = _peft_root_and_adapter_names(model)
+    mapped = (original_parameter_name(name, adapter_names) for name in names)
+    return list(dict.fromkeys(name for name in mapped if name is not None))
+
+
+# -- Masked LoRA updates -------------------------------------------------------------------------------------------
+def _masked_variant():
+    from peft.tuners.lora.layer import LoraVariant
+
+    class MaskedLoraVariant(LoraVariant):
+        """Vanilla LoRA whose update ΔW is multiplied by the layer's ticket mask, in forward and in merges."""
+
+        @staticmethod
+        def init(module, adapter_name, **kwargs) -> None:
+            pass
+
+        @staticmethod
+        def _delta(module, active_adapter: str) -> torch.Tensor:
+            delta = module.get_delta_weight(active_adapter)  # scaled, in the base weight's layout
+            return delta * getattr(module, _KEEP_ATTRIBUTE).to(device=delta.device, dtype=delta.dtype)
+
+        @staticmethod
+        def merge_safe(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+            return orig_weight + MaskedLoraVariant._delta(module, active_adapter).to(orig_weight.dtype)
+
+        @staticmethod
+        def merge_unsafe(module, active_adapter: str, orig_weight: torch.Tensor) -> None:
+            orig_weight.data += MaskedLoraVariant._delta(module, active_adapter).to(orig_weight.dtype)
+
+        @staticmethod
+        def unmerge(module, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+            return orig_weight - MaskedLoraVariant._delta(module, active_adapter).to(orig_weight.dtype)
+
+        @staticmethod
+        def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+            delta = MaskedLoraVariant._delta(module, active_adapter)
+            if module.fan_in_fan_out:
+                delta = delta.T
+            x = module.lora_dropout[active_adapter](x.to(delta.dtype))
+            update = F.linear(x, delta)
+            if module.lora_bias[active_adapter]:
+                update = update + module.lora_B[active_adapter].bias * module.scaling[active_adapter]
+            return result + update.to(result.dtype)
+
+    return MaskedLoraVariant
+
+
+_VARIANT_CLASS = None
+
+
+def _variant_class():
+    global _VARIANT_CLASS
+    if _VARIANT_CLASS is None:
+        _VARIANT_CLASS = _masked_variant()
+    return _VARIANT_CLASS
+
+
+def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """`{original name of the base weight: LoRA layer}` for every LoRA layer of `model`."""
+    from peft.tuners.lora import LoraLayer
+
+    root, adapter_names = _peft_root_and_adapter_names(model)
+    layers = {}
+    for name, module in root.named_modules():
+        if isinstance(module, LoraLayer):
+            original = original_parameter_name(f"{name}.weight" if name else "weight", adapter_names)
+            if original is not None:
+                layers[original] = module
+    return layers
+
+
+def sync_lora_masks(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> int:
+    """Mask the LoRA updates of `model` with `mask` (original names); returns how many layers are masked.
+
+    A LoRA layer whose base weight is fully kept (or not in `mask`) is left vanilla. Called by the mask
+    enforcement of `LotteryTrainer` / `LotteryCallback`; a no-op for models without peft.
+
+    Raises:
+        `NotImplementedError`: a masked LoRA layer is not a plain LoRA Linear (DoRA or another variant, an
+            embedding or convolution adapter).
+    """
+    if not is_peft_model(model):
+        return 0
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    variant = _variant_class()
+    masked = 0
+    for name, layer in _lora_layers(model).items():
+        keep = mask.get(name)
+        if keep is None or bool(keep.all()):
+            _unmask_layer(layer)
+            continue
+        if not isinstance(layer, LoraLinear):
+            raise NotImplementedError(
+                f"The ticket prunes {name!r}, adapted by a {type(layer).__name__} LoRA layer: only LoRA on Linear "
+                "layers can keep a ticket's sparsity. Leave that module out of LoraConfig(target_modules=...)."
+            )
+        others = [a for a, v in layer.lora_variant.items() if not isinstance(v, variant)]
+        if others:
+            raise NotImplementedError(
+                f"Adapter {others[0]!r} of {name!r} is a LoRA variant ({type(layer.lora_variant[others[0]]).__name__}"
+                ", e.g. DoRA); hf_lottery masks vanilla LoRA updates only. Use LoraConfig(use_dora=False)."
+            )
+        weight = layer.get_base_layer().weight
+        setattr(layer, _KEEP_ATTRIBUTE, keep.to(device=weight.device, dtype=torch.bool))
+        for adapter in layer.lora_A:
+            layer.lora_variant[adapter] = variant()
+        masked += 1
+    return masked
+
+
+def _unmask_layer(layer: nn.Module) -> None:
+    variant = _variant_class()
+    for adapter in [a for a, v in layer.lora_variant.items() if isinstance(v, variant)]:
+        del layer.lora_variant[adapter]
+    if hasattr(layer, _KEEP_ATTRIBUTE):
+        delattr(layer, _KEEP_ATTRIBUTE)
+
+
+# -- Public API ----------------------------------------------------------------------------------------------------
+def apply_ticket_to_peft(peft_model: nn.Module, ticket: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Apply a ticket to a `PeftModel`: zero the pruned base weights and mask the LoRA updates over them.
+
+    The ticket addresses the base weights by their original names (as found on the model without peft). After
+    this, the model's function equals that of [`merge_and_unload_sparse`]'s merged model, before and after training
+    the adapters. Apply it after the adapters are added (adapters added later are not masked).
+
+    Args:
+        peft_model (`nn.Module`): a `peft.PeftModel` (or a model with LoRA layers injected).
+        ticket (`TicketMask` or `Mapping[str, torch.Tensor]`): the mask, True = kept.
+
+    Returns:
+        The same `peft_model`.
+
+    Raises:
+        `ValueError`: the ticket names a weight the model does not have (the error names it) or shapes differ.
+        `NotImplementedError`: a pruned weight is adapted by a LoRA variant or a non-Linear LoRA layer.
+
+    Example:
+        ```python
+        >>> from peft import LoraConfig, get_peft_model
+        >>> peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"]))
+        >>> apply_ticket_to_peft(peft_model, ticket)
+        >>> # ... train the adapters (LotteryCallback(args, mask=ticket) keeps the base sparse) ...
+        >>> merged = merge_and_unload_sparse(peft_model, ticket)   # a plain model, exactly ticket.sparsity
+        ```
+    """
+    from .masks import TicketMask
+
+    ticket = ticket if isinstance(ticket, TicketMask) else TicketMask(ticket)
+    ticket.apply_(peft_model)  # validates (original names) and zeroes the pruned base weights
+    sync_lora_masks(peft_model, ticket)
+    return peft_model
+
+
+def remove_ticket_from_peft(peft_model: nn.Module) -> nn.Module:
+    """Make the LoRA updates of `peft_model` dense again (the base weights keep their zeros)."""
+    if is_peft_model(peft_model):
+        for layer in _lora_layers(peft_model).values():
+            _unmask_layer(layer)
+    return peft_model
+
+
+@torch.no_grad()
+def merge_and_unload_sparse(
+    peft_model: nn.Module, ticket: Mapping[str, torch.Tensor], safe_merge: bool = False
+) -> nn.Module:
+    """Merge the LoRA adapters into the base weights and return the plain model, exactly as sparse as `ticket`.
+
+    With the updates masked ([`apply_ticket_to_peft`], or training under `LotteryTrainer` / `LotteryCallback`),
+    the merged model computes what the `PeftModel` computed. Adapters trained without the mask are merged, then
+    the mask is applied again: sparse, but no longer the trained function.
+
+    Args:
+        peft_model (`nn.Module`): the `PeftModel`.
+        ticket (`TicketMask` or `Mapping[str, torch.Tensor]`): the mask, by original names.
+        safe_merge (`bool`, defaults to `False`): peft's `safe_merge` (check for NaNs before merging).
+
+    Returns:
+        `nn.Module`: the base model with the adapters merged, weights zero wherever `ticket` is False.
+    """
+    from .masks import TicketMask
+
+    ticket = ticket if isinstance(ticket, TicketMask) else TicketMask(ticket)
+    ticket.validate(peft_model)
+    merged = peft_model.merge_and_unload(safe_merge=safe_merge)
+    ticket.apply_(merged)
+    return merged

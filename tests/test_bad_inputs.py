@@ -1,0 +1,382 @@
+"""Every bad input hf_lottery can receive today: the exact error type, and a message that says what to do.
+
+One table (`CASES`); each row is also a line of the troubleshooting table in docs/scale.md (checked below). Adding a
+check to the library: add its row here first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_model, toy_dataset
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from hf_lottery import (
+    LayerCollapseError,
+    LotteryArguments,
+    LotteryCallback,
+    LotteryTrainer,
+    TicketMask,
+    apply_ticket_to_peft,
+    prune,
+)
+from hf_lottery.distributed import check_distributed_setup
+
+DOCS = REPO_ROOT / "docs" / "scale.md"
+
+
+@dataclass
+class Case:
+    id: str  # also the first cell of the row in docs/scale.md
+    run: Callable[[Path], Any]
+    error: type[BaseException]
+    match: str  # regex over the message: the part that says what to do
+
+
+def largs(tmp: Path, **overrides) -> LotteryArguments:
+    values = dict(
+        output_dir=str(tmp / "out"),
+        per_device_train_batch_size=16,
+        num_train_epochs=1,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        save_strategy="no",
+        target_sparsity=0.1,
+        pruning_rate=0.1,
+    )
+    values.update(overrides)
+    return LotteryArguments(**values)
+
+
+def trainer(tmp: Path, model=None, train=True, eval_dataset=None, mask=None, **overrides) -> LotteryTrainer:
+    return LotteryTrainer(
+        model=model or tiny_model(),
+        args=largs(tmp, **overrides),
+        train_dataset=toy_dataset(16) if train is True else train,
+        eval_dataset=eval_dataset,
+        mask=mask,
+    )
+
+
+EMPTY = Dataset.from_dict({"input_ids": [], "attention_mask": [], "labels": []})
+QUERY = "bert.encoder.layer.0.attention.self.query.weight"
+
+
+def nan_model():
+    model = tiny_model()
+    with torch.no_grad():
+        dict(model.named_parameters())[QUERY][0, 0] = float("nan")
+    return model
+
+
+# -- A finished run whose lottery_state/ the resume cases damage ---------------------------------------------------
+_FINISHED: dict[str, Path] = {}
+
+
+def finished_run(tmp: Path) -> Path:
+    """A copy of one finished 2-round run (trained once per test session), in tmp/out."""
+    if "dir" not in _FINISHED:
+        source = Path(str(tmp) + "_finished")
+        trainer(source).train()
+        _FINISHED["dir"] = source / "out"
+    shutil.copytree(_FINISHED["dir"], tmp / "out")
+    return tmp / "out" / "lottery_state"
+
+
+def resume(tmp: Path, model=None, **overrides):
+    trainer(tmp, model=model, **overrides).train(resume_from_checkpoint=True)
+
+
+def damage(tmp: Path, name: str, content: str | bytes | None):
+    state = finished_run(tmp)
+    path = state / name
+    if content is None:
+        path.unlink()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    resume(tmp)
+
+
+def state_json(**changes) -> str:
+    return json.dumps({"format_version": 1, "round": 1, "phase": "trained", "history": [], **changes})
+
+
+def plain_trainer(tmp: Path, callback: LotteryCallback) -> Trainer:
+    args = TrainingArguments(
+        output_dir=str(tmp / "plain"), max_steps=1, report_to="none", disable_tqdm=True, use_cpu=True
+    )
+    return Trainer(model=tiny_model(), args=args, train_dataset=toy_dataset(16), callbacks=[callback])
+
+
+def lora(target_modules):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(task_type="SEQ_CLS", target_modules=target_modules, r=2)
+    return peft.get_peft_model(tiny_model(), config)
+
+
+def lora_dora():
+    peft = pytest.importorskip("peft")
+    return peft.get_peft_model(
+        tiny_model(), peft.LoraConfig(task_type="SEQ_CLS", target_modules=["query"], use_dora=True)
+    )
+
+
+def multi_process_without_ddp(monkeypatch_target):
+    import hf_lottery.distributed as distributed
+
+    monkeypatch_target.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch_target.setattr(distributed.dist, "get_world_size", lambda: 2)
+    check_distributed_setup(SimpleNamespace(parallel_mode="ParallelMode.NOT_PARALLEL", fsdp=None, deepspeed=None))
+
+
+ACCEPTED = "accepted values"
+CASES = [
+    # LotteryArguments
+    Case("target_sparsity >= 1", lambda t: largs(t, target_sparsity=1.0), ValueError, r"fraction in \[0, 1\)"),
+    Case("target_sparsity < 0", lambda t: largs(t, target_sparsity=-0.1), ValueError, r"fraction in \[0, 1\)"),
+    Case("pruning_rate outside (0, 1)", lambda t: largs(t, pruning_rate=0.0), ValueError, r"must be in \(0, 1\)"),
+    Case("unknown pruning_rate_of", lambda t: largs(t, pruning_rate_of="half"), ValueError, ACCEPTED),
+    Case("unknown rewind", lambda t: largs(t, rewind="epoch"), ValueError, ACCEPTED),
+    Case("rewind='step' without rewind_step", lambda t: largs(t, rewind="step"), ValueError, r"rewind_step=100"),
+    Case("rewind_step without rewind='step'", lambda t: largs(t, rewind_step=5), ValueError, r"only used with"),
+    Case("unknown pruning_scope", lambda t: largs(t, pruning_scope="local"), ValueError, ACCEPTED),
+    Case("unknown pruning_method", lambda t: largs(t, pruning_method="snip"), ValueError, r"'magnitude'"),
+    Case("unknown on_tensor_collapse", lambda t: largs(t, on_tensor_collapse="ignore"), ValueError, ACCEPTED),
+    Case("unknown granularity", lambda t: largs(t, granularity="block"), ValueError, ACCEPTED),
+    Case("max_tensor_sparsity outside (0, 1]", lambda t: largs(t, max_tensor_sparsity=0.0), ValueError, r"\(0, 1\]"),
+    Case("finetune_learning_rate <= 0", lambda t: largs(t, finetune_learning_rate=0.0), ValueError, r"> 0"),
+    Case("pruning_interval_steps <= 0", lambda t: largs(t, pruning_interval_steps=0), ValueError, r"positive"),
+    # prune() and TicketMask
+    Case("prune: sparsity >= 1", lambda t: prune(tiny_model(), 1.0), ValueError, r"fraction in \[0, 1\)"),
+    Case("prune: sparsity as percent", lambda t: prune(tiny_model(), 50), ValueError, r"0\.5 prunes half"),
+    Case("prune: sparsity NaN", lambda t: prune(tiny_model(), float("nan")), ValueError, r"fraction in \[0, 1\)"),
+    Case("prune: sparsity not a number", lambda t: prune(tiny_model(), "0.5"), TypeError, r"must be a float"),
+    Case("prune: unknown method", lambda t: prune(tiny_model(), 0.5, method="snip"), ValueError, r"Registered"),
+    Case("prune: unknown scope", lambda t: prune(tiny_model(), 0.5, scope="local"), ValueError, r"'global'"),
+    Case(
+        "prune: max_tensor_sparsity outside (0, 1]",
+        lambda t: prune(tiny_model(), 0.5, max_tensor_sparsity=1.5),
+        ValueError,
+        r"\(0, 1\] or None",
+    ),
+    Case(
+        "prune: unknown on_tensor_collapse",
+        lambda t: prune(tiny_model(), 0.5, on_tensor_collapse="ignore"),
+        ValueError,
+        r"'redistribute'",
+    ),
+    Case(
+        "prune: mask with unknown names",
+        lambda t: prune(tiny_model(), 0.5, mask={"encoder.0.weight": torch.ones(2, dtype=torch.bool)}),
+        ValueError,
+        r"does not have.*same architecture",
+    ),
+    Case(
+        "prune: mask name without prefix",
+        lambda t: TicketMask({"pooler.dense.weight": torch.ones(32, 32)}).validate(tiny_model()),
+        ValueError,
+        r"Did you mean 'bert\.pooler\.dense\.weight'",
+    ),
+    Case(
+        "prune: mask with wrong shapes",
+        lambda t: prune(tiny_model(), 0.5, mask={QUERY: torch.ones(4, dtype=torch.bool)}),
+        ValueError,
+        r"another size",
+    ),
+    Case(
+        "prune: mask not 0/1",
+        lambda t: prune(tiny_model(), 0.5, mask={QUERY: torch.full((32, 32), 0.5)}),
+        ValueError,
+        r"True \(1\) keeps",
+    ),
+    Case("prune: mask not tensors", lambda t: TicketMask({QUERY: [1, 0]}), TypeError, r"must be a torch\.Tensor"),
+    Case("prune: NaN weights", lambda t: prune(nan_model(), 0.5), ValueError, r"lower the learning rate"),
+    Case(
+        "prune: sparsity below the mask's",
+        lambda t: prune(tiny_model(), 0.2, mask=prune(tiny_model(), 0.5)),
+        ValueError,
+        r"Ask for at least",
+    ),
+    Case(
+        "prune: layer collapse",
+        lambda t: prune(tiny_model(), 0.95, scope="layer", on_tensor_collapse="error"),
+        LayerCollapseError,
+        r"Raise max_tensor_sparsity or lower the sparsity",
+    ),
+    Case(
+        "prune: invalid prune_modules regex",
+        lambda t: prune(tiny_model(), 0.5, prune_modules="("),
+        ValueError,
+        r"invalid regular expression",
+    ),
+    Case(
+        "prune: prune_modules matching nothing",
+        lambda t: prune(tiny_model(), 0.5, prune_modules=[r"nothing"]),
+        ValueError,
+        r"Pass `prune_modules`",
+    ),
+    Case(
+        "model without prunable layers",
+        lambda t: prune(torch.nn.Sequential(torch.nn.Embedding(4, 4)), 0.5),
+        ValueError,
+        r"Pass `prune_modules`",
+    ),
+    # LotteryTrainer
+    Case(
+        "LotteryTrainer without LotteryArguments",
+        lambda t: LotteryTrainer(model=tiny_model(), args=TrainingArguments(output_dir=str(t), report_to="none")),
+        TypeError,
+        r"args=LotteryArguments",
+    ),
+    Case(
+        "LotteryTrainer with optimizers=",
+        lambda t: LotteryTrainer(
+            model=tiny_model(), args=largs(t), optimizers=(torch.optim.SGD([torch.zeros(1)]), None)
+        ),
+        ValueError,
+        r"optimizer_cls_and_kwargs",
+    ),
+    Case(
+        "LotteryTrainer: mask= not a mapping",
+        lambda t: trainer(t, mask=torch.ones(3)),
+        TypeError,
+        r"TicketMask\.from_pretrained",
+    ),
+    Case(
+        "LotteryTrainer: mask sparser than target",
+        lambda t: trainer(t, mask=prune(tiny_model(), 0.5), target_sparsity=0.3),
+        ValueError,
+        r"Raise target_sparsity",
+    ),
+    Case(
+        "LotteryTrainer: mask of another model",
+        lambda t: trainer(t, mask={"encoder.0.weight": torch.ones(2, dtype=torch.bool)}).train(),
+        ValueError,
+        r"same architecture",
+    ),
+    Case("empty train_dataset", lambda t: trainer(t, train=EMPTY).train(), ValueError, r"Check the split"),
+    Case(
+        "empty eval_dataset", lambda t: trainer(t, eval_dataset=EMPTY).train(), ValueError, r"non-empty eval_dataset"
+    ),
+    Case("no train_dataset", lambda t: trainer(t, train=None).train(), ValueError, r"requires a train_dataset"),
+    Case(
+        "resume without a run",
+        lambda t: resume(t),
+        ValueError,
+        r"call train\(\) without resume_from_checkpoint",
+    ),
+    Case("resume: state.json not JSON", lambda t: damage(t, "state.json", "{"), ValueError, r"to start over"),
+    Case(
+        "resume: state.json without keys",
+        lambda t: damage(t, "state.json", state_json()),
+        ValueError,
+        r"to start over",
+    ),
+    Case(
+        "resume: state.json of another version",
+        lambda t: damage(t, "state.json", state_json(format_version=99, schedule=[0.0, 0.1])),
+        ValueError,
+        r"Finish the run with the version that started it",
+    ),
+    Case(
+        "resume: damaged mask file",
+        lambda t: damage(t, "mask_round_1.safetensors", b"\x00garbage"),
+        ValueError,
+        r"damaged.*to start over",
+    ),
+    Case(
+        "resume: missing mask file",
+        lambda t: damage(t, "mask_round_1.safetensors", None),
+        FileNotFoundError,
+        r"to start over",
+    ),
+    Case(
+        "resume with other lottery settings",
+        lambda t: (finished_run(t), resume(t, target_sparsity=0.3)),
+        ValueError,
+        r"Resume with the settings the run started with",
+    ),
+    Case(
+        "resume with another model",
+        lambda t: (finished_run(t), resume(t, model=tiny_model(hidden_size=16, intermediate_size=24))),
+        ValueError,
+        r"resume with the model the run started with",
+    ),
+    Case(
+        "rewind_step never reached",
+        lambda t: trainer(t, rewind="step", rewind_step=100).train(),
+        ValueError,
+        r"Choose a smaller rewind_step",
+    ),
+    # Distributed
+    Case("FSDP", lambda t: trainer(t, fsdp=True), NotImplementedError, r"Train with DDP"),
+    Case(
+        "DeepSpeed",
+        lambda t: check_distributed_setup(SimpleNamespace(fsdp=None, deepspeed="ds_config.json")),
+        NotImplementedError,
+        r"Train with DDP",
+    ),
+    # LotteryCallback
+    Case(
+        "LotteryCallback without LotteryArguments",
+        lambda t: LotteryCallback(TrainingArguments(output_dir=str(t), report_to="none")),
+        TypeError,
+        r"LotteryCallback\(LotteryArguments\(",
+    ),
+    Case(
+        "LotteryCallback: rewind='lr' without mask",
+        lambda t: LotteryCallback(largs(t, rewind="lr")),
+        ValueError,
+        r"use LotteryTrainer",
+    ),
+    Case(
+        "LotteryCallback: mask of another model",
+        lambda t: plain_trainer(t, LotteryCallback(largs(t), mask={"x.weight": torch.ones(2)})).train(),
+        ValueError,
+        r"same architecture",
+    ),
+    # peft
+    Case(
+        "peft: DoRA over a ticket",
+        lambda t: apply_ticket_to_peft(lora_dora(), prune(tiny_model(), 0.5)),
+        NotImplementedError,
+        r"use_dora=False",
+    ),
+    Case(
+        "peft: LoRA on a pruned embedding",
+        lambda t: apply_ticket_to_peft(
+            lora(["word_embeddings"]), prune(tiny_model(), 0.5, prune_modules=[r".*word_embeddings\.weight"])
+        ),
+        NotImplementedError,
+        r"Leave that module out",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path):
+    with pytest.raises(case.error, match=case.match):
+        case.run(tmp_path)
+
+
+def test_multi_process_without_ddp(monkeypatch):
+    with pytest.raises(ValueError, match=r"use_cpu=True"):
+        multi_process_without_ddp(monkeypatch)
+
+
+def test_every_case_is_in_the_troubleshooting_table():
+    text = DOCS.read_text(encoding="utf-8")
+    missing = [c.id for c in CASES if f"| {c.id} |" not in text]
+    assert not missing, f"docs/scale.md lacks troubleshooting rows for: {missing}"
