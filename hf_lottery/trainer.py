@@ -20,6 +20,7 @@ from .enforcement import MaskEnforcerCallback
 from .history import main_metric, plot_history, write_history
 from .hub import TicketConfig
 from .masks import TicketMask
+from .peft_utils import is_peft_model, named_parameters
 from .pruning import prune
 from .resume import TrainLossCarry, last_complete_checkpoint
 from .run_state import RunState, load_weights_, snapshot_weights
@@ -197,8 +198,14 @@ class LotteryTrainer(Trainer):
 
     def _describe_ticket(self, mask: TicketMask) -> None:
         """Ticket metadata (base model, θ0 fingerprint, arguments), computed once per run."""
+        model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        # θ0 by the names the mask uses (the model's own, also under peft)
+        by_identity = {id(p): name for name, p in self.model.named_parameters()}
+        theta0 = {
+            name: self._theta0[by_identity[id(p)]] for name, p in named_parameters(self.model).items() if name in mask
+        }
         config = TicketConfig.from_model(
-            self.model, mask, weights=self._theta0, lottery_args=self.args, metric=self.args.metric_for_best_model
+            model, mask, weights=theta0, lottery_args=self.args, metric=self.args.metric_for_best_model
         )
         self._ticket_metadata = {**mask.metadata, **config.to_dict()}
 
