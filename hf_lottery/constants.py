@@ -17,3 +17,7 @@ ROUND_DIR_TEMPLATE = "round_{round}"
 TICKET_DIR_NAME = "ticket"
 
 SAFETENSORS_METADATA = {"format": "pt"}
+
+# Structured pruning: the self-contained modeling file written beside a shrunk checkpoint (loaded through
+# `auto_map` with `trust_remote_code=True` where hf_lottery is not installed).
+STRUCTURED_MODELING_FILE = "modeling_structured_pruning.py"
