@@ -36,5 +36,4 @@ def polarization_regularizer(gates: torch.Tensor | Iterable[torch.Tensor], t: fl
         if not parts:
             raise ValueError("polarization_regularizer needs at least one gate tensor.")
         flat = torch.cat(parts)
-    flat = flat.float()
     return t * flat.abs().sum() - (flat - flat.mean()).abs().sum()

@@ -96,7 +96,7 @@ def random_scores(model: PreTrainedModel, generator: torch.Generator | None = No
 
 
 def _default_loss(outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
-    loss = outputs["loss"] if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
     if loss is None:
         raise ValueError("The model returned no loss: pass batches with labels or give `loss_fn`.")
     return loss
