@@ -84,9 +84,10 @@ def zeroed(model: PreTrainedModel, heads=None, neurons=None) -> PreTrainedModel:
     with torch.no_grad():
         for layer, ids in (heads or {}).items():
             value = blocks[layer].get_submodule(layout.value)
+            size = getattr(blocks[layer].get_submodule(layout.attention), layout.head_size_attr)
             for h in ids:
-                value.weight[h * HEAD_SIZE : (h + 1) * HEAD_SIZE] = 0
-                value.bias[h * HEAD_SIZE : (h + 1) * HEAD_SIZE] = 0
+                value.weight[h * size : (h + 1) * size] = 0
+                value.bias[h * size : (h + 1) * size] = 0
         for layer, ids in (neurons or {}).items():
             inter = blocks[layer].get_submodule(layout.intermediate)
             inter.weight[list(ids)] = 0
