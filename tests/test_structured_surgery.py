@@ -176,3 +176,24 @@ def test_training_after_surgery_updates_shrunk_weights():
     model(**inputs(), labels=torch.tensor([0, 1, 1])).loss.backward()
     optimizer.step()
     assert query.shape == (2 * HEAD_SIZE, HIDDEN) and not torch.equal(before, query)
+
+
+def test_empty_layer_survives_deepcopy_and_pickle():
+    import copy
+    import io
+
+    model = tiny_model("distilbert")
+    prune_heads(model, {0: list(range(HEADS))})
+    batch = inputs()
+    expected = logits(model, batch)
+    clone = copy.deepcopy(model)
+    assert (
+        clone.distilbert.transformer.layer[0].attention.forward.attention
+        is clone.distilbert.transformer.layer[0].attention
+    )
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    for other in (clone, restored):
+        torch.testing.assert_close(logits(other, batch), expected, atol=0, rtol=0)

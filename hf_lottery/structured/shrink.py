@@ -10,7 +10,6 @@ self-contained modeling file written beside structured checkpoints (see `remote.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,22 +60,32 @@ def slice_linear_(linear: nn.Linear, index: list[int], dim: int) -> None:
         linear.in_features = len(index)
 
 
-def _headless_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
-    # The stock forwards reshape with `view(..., -1, head_size)`, which is undefined on an empty tensor; with no head
-    # left the attention output is empty, so the output projection only adds its bias.
-    context = hidden_states.new_zeros((*hidden_states.shape[:-1], 0))
-    if self.headless_output_projection is not None:
-        context = self.get_submodule(self.headless_output_projection)(context)
-    length = hidden_states.shape[-2]
-    weights = hidden_states.new_zeros((*hidden_states.shape[:-2], 0, length, length))
-    return context, weights
+class HeadlessAttentionForward:
+    """
+    The `forward` of an attention module whose every head was removed.
+
+    The stock forwards reshape with `view(..., -1, head_size)`, which is undefined on an empty tensor; with no head
+    left the context is empty, so the output projection (when the attention module holds it) adds only its bias.
+    A small callable object rather than a bound method, so that the model still deep-copies and pickles.
+    """
+
+    def __init__(self, attention: nn.Module, output_projection: str | None):
+        self.attention = attention
+        self.output_projection = output_projection
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        context = hidden_states.new_zeros((*hidden_states.shape[:-1], 0))
+        if self.output_projection is not None:
+            context = self.attention.get_submodule(self.output_projection)(context)
+        length = hidden_states.shape[-2]
+        weights = hidden_states.new_zeros((*hidden_states.shape[:-2], 0, length, length))
+        return context, weights
 
 
 def _make_headless(attention: nn.Module, layout: BlockLayout) -> None:
     prefix = layout.attention + "."
     inner = layout.attention_output[len(prefix) :] if layout.attention_output.startswith(prefix) else None
-    attention.headless_output_projection = inner
-    attention.forward = types.MethodType(_headless_forward, attention)
+    attention.forward = HeadlessAttentionForward(attention, inner)
 
 
 def remove_heads_(block: nn.Module, layout: BlockLayout, num_heads: int, heads: Iterable[int]) -> None:
