@@ -16,7 +16,7 @@ from structured_helpers import (
     zeroed,
 )
 
-from hf_lottery.structured import get_layout, prune_heads, prune_neurons, pruned_structure
+from hf_lottery.structured import compact, get_layout, prune_heads, prune_neurons, pruned_structure, structure_counts
 from hf_lottery.structured.shrink import get_blocks
 
 torch.set_num_threads(1)
@@ -197,3 +197,16 @@ def test_empty_layer_survives_deepcopy_and_pickle():
     restored = torch.load(buffer, weights_only=False)
     for other in (clone, restored):
         torch.testing.assert_close(logits(other, batch), expected, atol=0, rtol=0)
+
+
+def test_counts_and_replaying_a_structure_on_fresh_weights():
+    model = tiny_model("bert")
+    prune_heads(model, HEAD_CASE)
+    prune_neurons(model, NEURON_CASE)
+    assert structure_counts(model) == {
+        "heads": {"remaining": LAYERS * HEADS - 3, "total": LAYERS * HEADS},
+        "neurons": {"remaining": LAYERS * NEURONS - 13, "total": LAYERS * NEURONS},
+    }
+    # Rewinding: the same structure applied to other weights (e.g. the pre-trained ones) gives the same shapes.
+    fresh = compact(tiny_model("bert", seed=1), **pruned_structure(model))
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}

@@ -20,7 +20,7 @@ from .scores import (
     score_structures,
 )
 from .selection import compact, select_below, select_structures
-from .surgery import prune_heads, prune_neurons, pruned_structure
+from .surgery import prune_heads, prune_neurons, pruned_structure, structure_counts
 
 install_hooks()
 
@@ -50,4 +50,5 @@ __all__ = [
     "score_structures",
     "select_below",
     "select_structures",
+    "structure_counts",
 ]

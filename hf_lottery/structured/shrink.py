@@ -50,11 +50,11 @@ def slice_linear_(linear: nn.Linear, index: list[int], dim: int) -> None:
     """Keep only `index` along `dim` of `linear` (0: output rows and bias, 1: input columns), in place."""
     weight = linear.weight
     idx = torch.tensor(index, dtype=torch.long, device=weight.device)
-    linear.weight = nn.Parameter(weight.detach().index_select(dim, idx).clone(), requires_grad=weight.requires_grad)
+    linear.weight = nn.Parameter(weight.detach().index_select(dim, idx), requires_grad=weight.requires_grad)
     if dim == 0:
         if linear.bias is not None:
             bias = linear.bias
-            linear.bias = nn.Parameter(bias.detach().index_select(0, idx).clone(), requires_grad=bias.requires_grad)
+            linear.bias = nn.Parameter(bias.detach().index_select(0, idx), requires_grad=bias.requires_grad)
         linear.out_features = len(index)
     else:
         linear.in_features = len(index)

@@ -170,3 +170,27 @@ def pruned_structure(model: PreTrainedModel) -> dict[str, dict[int, list[int]]]:
         kind: {i: sorted(getattr(b, attr)) for i, b in enumerate(blocks) if getattr(b, attr, None)}
         for kind, attr in (("heads", PRUNED_HEADS_ATTR), ("neurons", PRUNED_NEURONS_ATTR))
     }
+
+
+def structure_counts(model: PreTrainedModel) -> dict[str, dict[str, int]]:
+    """
+    How many heads and neurons remain, out of how many in the unpruned model.
+
+    Args:
+        model (`PreTrainedModel`):
+            A model of a supported family.
+
+    Returns:
+        `dict`: `{"heads": {"remaining": int, "total": int}, "neurons": {"remaining": int, "total": int}}`, summed
+        over layers.
+    """
+    layout = get_layout(model.config)
+    num_layers, num_heads, num_neurons = original_counts(model.config, layout)
+    removed = pruned_structure(model)
+    return {
+        kind: {
+            "remaining": num_layers * per_layer - sum(map(len, removed[kind].values())),
+            "total": num_layers * per_layer,
+        }
+        for kind, per_layer in (("heads", num_heads), ("neurons", num_neurons))
+    }
