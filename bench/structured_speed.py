@@ -46,9 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=15, help="timed rounds over all models (the median is kept)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed sample (small batches loop)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for the timing part")
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="torch thread counts to time with")
     p.add_argument(
-        "--train-threads", type=int, default=None, help="torch threads for fine-tuning (default: --threads)"
+        "--train-threads", type=int, default=None, help="torch threads for fine-tuning (default: the first --threads)"
     )
     p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--glue-dir", default="/work/shared/glue", help="folder with SST-2/train.tsv and SST-2/dev.tsv")
@@ -132,8 +132,9 @@ def speed_part(args: argparse.Namespace) -> list[dict]:
     for level in args.levels:
         models[f"{level:.0%}"] = shrink(copy.deepcopy(dense), level, args.scope).eval()
     rows = []
-    for batch in args.batch_sizes:
-        print(f"timing batch {batch} ...", flush=True)
+    for threads, batch in [(t, b) for t in args.threads for b in args.batch_sizes]:
+        torch.set_num_threads(threads)
+        print(f"timing batch {batch}, {threads} thread(s) ...", flush=True)
         medians = time_models(models, batch, args)
         dense_flops = encoder_matmul_flops(dense, args.seq_len, batch)
         for name, model in models.items():
@@ -143,6 +144,7 @@ def speed_part(args: argparse.Namespace) -> list[dict]:
             heads, neurons, params = describe(model)
             rows.append(
                 {
+                    "threads": threads,
                     "batch": batch,
                     "model": name,
                     "heads": heads,
@@ -219,7 +221,7 @@ def accuracy(model, tokenizer, examples) -> float:
 
 
 def accuracy_part(args: argparse.Namespace) -> tuple[list[dict], dict]:
-    torch.set_num_threads(args.train_threads or args.threads)
+    torch.set_num_threads(args.train_threads or args.threads[0])
     glue = Path(args.glue_dir) / "SST-2"
     train_all = read_sst2(glue / "train.tsv")
     dev = read_sst2(glue / "dev.tsv")[: args.eval_size]
@@ -253,7 +255,6 @@ def accuracy_part(args: argparse.Namespace) -> tuple[list[dict], dict]:
         )
         print(f"  {level:.0%}: {before:.3f} -> {after:.3f} after recovery ({seconds:.0f} s)", flush=True)
     info = {"dev": len(dev), "train": len(subset), "recovery": len(recovery), "majority": majority}
-    torch.set_num_threads(args.threads)
     return rows, info
 
 
@@ -270,7 +271,6 @@ def machine() -> dict[str, str]:
     return {
         "cpu": model_name,
         "cores": str(os.cpu_count()),
-        "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -303,13 +303,14 @@ def report(args, speed_rows, acc_rows, acc_info, info, load_before, load_after, 
             "process. Ideal speed-up = dense / pruned matmul FLOPs (Q, K, V, O, attention scores and context, both "
             "FFN Linears); ratio = measured / ideal.",
             "",
-            "| batch | removed | heads | FFN neurons | parameters | latency (ms) | GFLOPs | speed-up | ideal | ratio |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| threads | batch | removed | heads | FFN neurons | parameters | latency (ms) | GFLOPs | speed-up | ideal "
+            "| ratio |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in speed_rows:
             removed = "0% (dense)" if r["model"] == "dense" else r["model"]
             lines.append(
-                f"| {r['batch']} | {removed} | {r['heads']} | {r['neurons']:,} | {r['params'] / 1e6:.2f} M | "
+                f"| {r['threads']} | {r['batch']} | {removed} | {r['heads']} | {r['neurons']:,} | {r['params'] / 1e6:.2f} M | "
                 f"{r['ms']:.1f} | {r['gflops']:.2f} | {r['speedup']:.2f} | {r['ideal']:.2f} | {r['ratio']:.2f} |"
             )
         lines.append("")
@@ -322,7 +323,7 @@ def report(args, speed_rows, acc_rows, acc_info, info, load_before, load_after, 
             f"decay with 10% warm-up, batches padded to their longest sentence. Each level prunes that model, then "
             f"recovers with {args.recovery_epochs:g} epoch(s) on {acc_info['recovery']:,} of the same sentences. "
             f"Dev: {acc_info['dev']} sentences (majority class {acc_info['majority']:.1%}). "
-            f"{args.train_threads or args.threads} torch thread(s).",
+            f"{args.train_threads or args.threads[0]} torch thread(s).",
             "",
             "| removed | heads | FFN neurons | parameters | accuracy after pruning | after recovery |",
             "|---:|---:|---:|---:|---:|---:|",
@@ -340,7 +341,6 @@ def report(args, speed_rows, acc_rows, acc_info, info, load_before, load_after, 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()  # the new classification head's notice is expected
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
