@@ -10,11 +10,35 @@ from .pruning import prune
 from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
 from .selection import default_prunable_names, prunable_parameters
 from .selector import LayerCollapseError, select_mask
+from .structured import (
+    BlockLayout,
+    StructureGates,
+    attach_gates,
+    compact,
+    polarization_regularizer,
+    prune_heads,
+    prune_neurons,
+    pruned_structure,
+    register_layout,
+    select_structures,
+    structure_counts,
+)
 from .trainer import LotteryTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockLayout",
+    "StructureGates",
+    "attach_gates",
+    "compact",
+    "polarization_regularizer",
+    "prune_heads",
+    "prune_neurons",
+    "pruned_structure",
+    "register_layout",
+    "select_structures",
+    "structure_counts",
     "LayerCollapseError",
     "LotteryArguments",
     "LotteryCallback",

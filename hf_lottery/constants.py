@@ -27,3 +27,7 @@ LIBRARY_NAME = "hf_lottery"
 TICKET_CARD_TEMPLATE = "ticket_card.md"  # in hf_lottery/templates/ (packaged copy of model_cards/ticket_card.md)
 TICKET_CARD_TAGS = ("lottery-ticket", "pruning", "sparsity")
 TENSOR_ORDER_METADATA_KEY = "hf_lottery.tensor_order"
+
+# Structured pruning: the self-contained modeling file written beside a shrunk checkpoint (loaded through
+# `auto_map` with `trust_remote_code=True` where hf_lottery is not installed).
+STRUCTURED_MODELING_FILE = "modeling_structured_pruning.py"
