@@ -116,7 +116,20 @@ class LotteryArguments(TrainingArguments):
     )
     granularity: str = field(
         default="weight",
-        metadata={"help": "What is pruned: 'weight' (unstructured).", "choices": list(GRANULARITIES)},
+        metadata={
+            "help": "What is pruned: 'weight' (unstructured), or whole attention heads and/or FFN neurons "
+            "('head', 'neuron', 'head+neuron'): target_sparsity and pruning_rate then count groups, and "
+            "save_model writes the physically smaller model.",
+            "choices": list(GRANULARITIES),
+        },
+    )
+    structured_scoring: str = field(
+        default="magnitude",
+        metadata={
+            "help": "Group score for structured granularities: 'magnitude' (norm of the group's weights), "
+            "'first_order' (|dL/dgate| over the train data, Michel et al. 2019) or 'random'.",
+            "choices": ["magnitude", "first_order", "random"],
+        },
     )
     # Settings of one scoring method are named `{method}_{kwarg}` (scoring_kwargs_from_args passes them on).
     synflow_iterations: int = field(

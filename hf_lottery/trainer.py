@@ -26,6 +26,7 @@ from .resume import TrainLossCarry, last_complete_checkpoint
 from .run_state import RunState, load_weights_, snapshot_weights
 from .scoring import scoring_kwargs_from_args, scoring_spec
 from .selection import prunable_parameters
+from .structured.imp import compact_by_mask, prune_structured, removed_groups, structured_parameters
 
 logger = logging.get_logger(__name__)
 
@@ -160,13 +161,15 @@ class LotteryTrainer(Trainer):
         if self.initial_mask is not None:
             mask = self.initial_mask
             mask.validate(model)
+        elif self.args.granularity != "weight":
+            mask = TicketMask.ones_like(structured_parameters(model))
         else:
             mask = TicketMask.ones_like(prunable_parameters(model, self.args.prune_modules))
         mask = sync_mask(mask)
         self._schedule = self.args.sparsity_schedule(start=round(mask.sparsity, 10))
         self.lottery_history = []
         self._describe_ticket(mask)
-        if scoring_spec(self.args.pruning_method).at_init and len(self._schedule) > 1:
+        if self._at_init() and len(self._schedule) > 1:
             # Data-free methods at initialization (SynFlow) choose the ticket once, from θ0: round 0 trains the
             # dense baseline, round 1 trains the ticket.
             self._schedule = [self._schedule[0], self._schedule[-1]]
@@ -219,6 +222,16 @@ class LotteryTrainer(Trainer):
         `AutoModel*.from_pretrained(output_dir)` loads the folder without hf_lottery; handing it back to a
         `LotteryTrainer` (or `LotteryCallback`) keeps its mask.
         """
+        if self.args.granularity != "weight" and not _internal_call and self.current_mask is not None:
+            # Structured tickets: the final model is the compacted one (checkpoints keep full shapes to resume).
+            output_dir = output_dir or self.args.output_dir
+            if self.args.should_save:
+                compact_by_mask(self.accelerator.unwrap_model(self.model), self.current_mask).save_pretrained(
+                    output_dir
+                )
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+            return
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.current_mask is not None:
             ticket = self.current_mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
@@ -228,8 +241,24 @@ class LotteryTrainer(Trainer):
                 create_card=not _internal_call,
             )
 
+    def _at_init(self) -> bool:
+        return self.args.granularity == "weight" and scoring_spec(self.args.pruning_method).at_init
+
     def _score_and_prune(self, sparsity: float, mask: TicketMask | None, round_index: int) -> TicketMask:
         args = self.args
+        if args.granularity != "weight":
+            extra = {"batches": self.get_train_dataloader()} if args.structured_scoring == "first_order" else {}
+            if args.structured_scoring == "random":
+                extra = {"generator": torch.Generator().manual_seed(args.seed + round_index)}
+            return prune_structured(
+                self.model,
+                sparsity,
+                args.granularity,
+                mask=mask,
+                scope=args.pruning_scope,
+                method=args.structured_scoring,
+                **extra,
+            )
         method_kwargs = scoring_kwargs_from_args(args)
         if scoring_spec(args.pruning_method).needs_data:
             method_kwargs["dataloader"] = self.get_train_dataloader()
@@ -247,7 +276,7 @@ class LotteryTrainer(Trainer):
 
     def _prune_for_round(self, round_index: int) -> None:
         """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
-        if scoring_spec(self.args.pruning_method).at_init:
+        if self._at_init():
             mask = self._run_state.load_mask(round_index)  # chosen at θ0 when the run started
         else:
             mask = sync_mask(self._score_and_prune(self._schedule[round_index], self.current_mask, round_index))
@@ -313,6 +342,9 @@ class LotteryTrainer(Trainer):
             "seconds": round(time.time() - started, 3),
             "tensor_sparsity": {name: row["sparsity"] for name, row in mask.report().items() if name != "__total__"},
         }
+        if args.granularity != "weight":
+            removed = removed_groups(self.accelerator.unwrap_model(self.model), mask)
+            record["removed_groups"] = {kind: sum(len(v) for v in layers.values()) for kind, layers in removed.items()}
         self.lottery_history = [r for r in self.lottery_history if r["round"] != round_index] + [record]
         self._run_state.save_trained(round_index, snapshot_weights(self.model))
         self._run_state.write(round_index, "trained", self._schedule, self.lottery_history)
