@@ -52,6 +52,10 @@ class ModelArguments:
     revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit id)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise a task head of another size (e.g. a checkpoint fine-tuned on another task)."},
+    )
 
 
 @dataclass
@@ -221,11 +225,19 @@ def find_ticket(
     task, train, dev = build_datasets(data_args, tokenizer, args.seed)
     if args.metric_for_best_model is None:
         args.metric_for_best_model = task.main_metric
+    labels = (
+        {}
+        if task.is_regression
+        else {
+            "id2label": dict(enumerate(task.label_names)),
+            "label2id": {n: i for i, n in enumerate(task.label_names)},
+        }
+    )
     model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         num_labels=task.num_labels,
-        id2label=dict(enumerate(task.label_names)) if not task.is_regression else None,
-        label2id={n: i for i, n in enumerate(task.label_names)} if not task.is_regression else None,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **labels,
         **hub,
     )
     mask = None

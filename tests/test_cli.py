@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import string
+from pathlib import Path
 
 import pytest
 from conftest import tiny_model
@@ -192,3 +194,49 @@ def test_branches_from_the_command_line(tmp_path, model_dir, branch):
         assert found != ticket
     else:
         assert found == ticket
+
+
+GLUE_DIR = Path(os.environ.get("HF_LOTTERY_GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "glue"))
+
+
+@pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE files not found at {GLUE_DIR}")
+@pytest.mark.parametrize("task", ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"])
+def test_find_ticket_on_every_task_with_files(tmp_path, model_dir, task):
+    from glue_tasks import get_task
+
+    out = tmp_path / "out"
+    code = main(
+        [
+            "find-ticket",
+            "--ignore_mismatched_sizes",
+            "--task_name",
+            task,
+            "--data_dir",
+            str(GLUE_DIR),
+            "--model_name_or_path",
+            str(model_dir),
+            "--max_train_samples",
+            "24",
+            "--max_eval_samples",
+            "16",
+            "--max_seq_length",
+            "64",
+            "--num_train_epochs",
+            "1",
+            "--target_sparsity",
+            "0.3",
+            "--pruning_rate",
+            "0.3",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+        ]
+    )
+    assert code == 0
+    history = json.loads((out / "lottery_history.json").read_text())["rounds"]
+    metric = f"eval_{get_task(task).main_metric}"
+    assert len(history) == 2 and all(metric in r["metrics"] for r in history)
+    assert (out / "ticket" / "README.md").is_file() and (out / "model" / "config.json").is_file()

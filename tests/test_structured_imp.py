@@ -40,12 +40,20 @@ def test_trainer_structured_imp_saves_a_smaller_model(tmp_path, granularity):
     from transformers import AutoModelForSequenceClassification
 
     args = LotteryArguments(
-        output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=16, learning_rate=1e-3,
-        report_to=[], save_strategy="no", disable_tqdm=True, target_sparsity=0.5, pruning_rate=0.25,
+        output_dir=str(tmp_path / "run"),
+        num_train_epochs=1,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        target_sparsity=0.5,
+        pruning_rate=0.25,
         granularity=granularity,
     )
-    trainer = LotteryTrainer(model=tiny_model(seed=1), args=args, train_dataset=toy_dataset(64),
-                             eval_dataset=toy_dataset(32, seed=1))
+    trainer = LotteryTrainer(
+        model=tiny_model(seed=1), args=args, train_dataset=toy_dataset(64), eval_dataset=toy_dataset(32, seed=1)
+    )
     trainer.train()
     history = trainer.lottery_history
     assert [r["removed_groups"]["heads"] for r in history] == [0, 2, 4]
