@@ -21,6 +21,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     # The offline demo: real all-MiniLM-L6-v2 weights and the shipped SST-2 sample, sized to run in a few
     # minutes on two CPU cores (4 rounds: dense, 20%, 40%, 60% sparsity).
     "task_name": "sst2",
+    "base_model_id": "sentence-transformers/all-MiniLM-L6-v2",
     "output_dir": "out/demo-sst2-ticket",
     "max_train_samples": 2000,
     "max_seq_length": 64,
@@ -52,6 +53,13 @@ class ModelArguments:
     revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit id)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    base_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id recorded in the ticket as its base model when --model_name_or_path is a local folder "
+            "(the ticket's fingerprint still checks the weights)."
+        },
+    )
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={"help": "Re-initialise a task head of another size (e.g. a checkpoint fine-tuned on another task)."},
@@ -244,9 +252,15 @@ def find_ticket(
     if branch_args is not None and branch_args.branch is not None:
         mask = branch_mask(branch_args, model)
         args.target_sparsity = round(mask.sparsity, 10)  # one round: train the branch as it is
+    ticket_metadata = {"task": task.name, "dataset": "nyu-mll/glue", "metric": f"eval_{task.main_metric}"}
+    if model_args.base_model_id:
+        ticket_metadata["base_model_name_or_path"] = model_args.base_model_id
+    if branch_args is not None and branch_args.branch is not None:
+        ticket_metadata["branch"] = branch_args.branch
     trainer = LotteryTrainer(
         model=model,
         mask=mask,
+        ticket_metadata=ticket_metadata,
         args=args,
         train_dataset=train,
         eval_dataset=dev,
@@ -255,27 +269,18 @@ def find_ticket(
         compute_metrics=compute_metrics_fn(task.name),
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
-    save_outputs(trainer, model_args, data_args, task)
+    save_outputs(trainer)
     print(format_history(trainer.lottery_history, trainer.lottery_metric()))
     print(f"\nOutputs in {Path(args.output_dir).resolve()}")
     return trainer
 
 
-def save_outputs(trainer, model_args: ModelArguments, data_args: DataArguments, task) -> None:
+def save_outputs(trainer) -> None:
     """Write the final sparse model (`output_dir/model`) and the ticket folder (`output_dir/ticket`)."""
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out / "model"))
-    ticket = trainer.ticket
-    ticket.metadata.update(
-        {
-            "base_model_name_or_path": model_args.model_name_or_path,
-            "revision": model_args.revision,
-            "task": task.name,
-            "dataset": "nyu-mll/glue" if data_args.data_dir is None else f"glue/{task.name} (local files)",
-        }
-    )
-    if hasattr(ticket, "save_pretrained") and trainer.args.should_save:
-        ticket.save_pretrained(str(out / "ticket"))
+    if trainer.args.should_save:
+        trainer.ticket.save_pretrained(str(out / "ticket"))
 
 
 def format_history(records: list[dict[str, Any]], metric: str | None) -> str:

@@ -59,6 +59,8 @@ class LotteryTrainer(Trainer):
     Args:
         mask (`TicketMask`, *optional*): start from this mask (its pruned weights stay pruned); the schedule
             then starts at its sparsity.
+        ticket_metadata (`dict`, *optional*): recorded in the ticket's config over what the trainer derives, e.g.
+            `{"task": "sst2", "dataset": "nyu-mll/glue", "base_model_name_or_path": hub_id}`.
         All other arguments are those of [`~transformers.Trainer`]; `args` must be [`LotteryArguments`].
 
     Attributes:
@@ -67,7 +69,9 @@ class LotteryTrainer(Trainer):
             per-tensor sparsity).
     """
 
-    def __init__(self, *args: Any, mask: TicketMask | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, mask: TicketMask | None = None, ticket_metadata: dict[str, Any] | None = None, **kwargs: Any
+    ):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if not isinstance(training_args, LotteryArguments):
             raise TypeError(
@@ -97,6 +101,7 @@ class LotteryTrainer(Trainer):
         self._rewind_weights: dict[str, torch.Tensor] | None = None
         self._run_state = RunState(self.args.output_dir, should_write=self.args.should_save)
         self._ticket_metadata: dict[str, Any] = {}
+        self._extra_ticket_metadata = dict(ticket_metadata or {})
 
     # -- Trainer hooks ----------------------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
@@ -210,7 +215,7 @@ class LotteryTrainer(Trainer):
         config = TicketConfig.from_model(
             model, mask, weights=theta0, lottery_args=self.args, metric=self.args.metric_for_best_model
         )
-        self._ticket_metadata = {**mask.metadata, **config.to_dict()}
+        self._ticket_metadata = {**mask.metadata, **config.to_dict(), **self._extra_ticket_metadata}
 
     def _set_mask(self, mask: TicketMask) -> None:
         self._enforcer.set_mask(self.model, mask)
