@@ -17,9 +17,8 @@ from .enforcement import MaskEnforcerCallback
 from .history import write_history
 from .io_utils import load_tensors, save_tensors
 from .masks import TicketMask
-from .pruning import prune
+from .pruning import prune_with_arguments
 from .run_state import RunState, load_weights_, snapshot_weights
-from .scoring import scoring_kwargs_from_args, scoring_spec
 from .selection import prunable_parameters
 from .trainer import _ticket_beside_weights
 
@@ -127,20 +126,8 @@ class LotteryCallback(TrainerCallback):
             return
         if self.ticket is not None and self.ticket.sparsity >= self._schedule[level] - 1e-9:
             return
-        seed = (largs.pruning_seed if largs.pruning_seed is not None else args.seed) + level
-        method_kwargs = scoring_kwargs_from_args(largs)
-        if scoring_spec(largs.pruning_method).needs_data:
-            method_kwargs["dataloader"] = kwargs.get("train_dataloader")
-        mask = prune(
-            model,
-            self._schedule[level],
-            method=largs.pruning_method,
-            scope=largs.pruning_scope,
-            mask=self.ticket,
-            max_tensor_sparsity=largs.max_tensor_sparsity,
-            on_tensor_collapse=largs.on_tensor_collapse,
-            seed=seed,
-            **method_kwargs,
+        mask = prune_with_arguments(
+            model, largs, self._schedule[level], self.ticket, level, lambda: kwargs.get("train_dataloader")
         )
         mask = sync_mask(mask)
         if largs.rewind == "pretrained":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from .masks import TicketMask
 from .peft_utils import named_parameters
-from .scoring import get_scoring
+from .scoring import get_scoring, scoring_kwargs_from_args, scoring_spec
 from .selection import prunable_parameters
 from .selector import select_mask
 
@@ -77,3 +77,33 @@ def prune(
         model, parameters, mask, seed=seed, sparsity=sparsity, scope=scope, select=select, **method_kwargs
     )
     return select(scores, sparsity, mask=mask)
+
+
+def prune_with_arguments(
+    model: nn.Module,
+    args: Any,
+    sparsity: float,
+    mask: Mapping[str, torch.Tensor] | None,
+    index: int,
+    dataloader: Callable[[], Iterable[Any]] | None = None,
+) -> TicketMask:
+    """`prune()` configured by a `LotteryArguments` (method, scope, guard, the method's own `{method}_*` fields).
+
+    Args:
+        index (`int`): the round (or pruning level); stochastic methods are seeded with `pruning_seed + index`.
+        dataloader (`Callable`, *optional*): builds the training batches, called only for methods that need data.
+    """
+    method_kwargs = scoring_kwargs_from_args(args)
+    if scoring_spec(args.pruning_method).needs_data:
+        method_kwargs["dataloader"] = dataloader() if dataloader is not None else None
+    return prune(
+        model,
+        sparsity,
+        method=args.pruning_method,
+        scope=args.pruning_scope,
+        mask=mask,
+        max_tensor_sparsity=args.max_tensor_sparsity,
+        on_tensor_collapse=args.on_tensor_collapse,
+        seed=(args.pruning_seed if args.pruning_seed is not None else args.seed) + index,
+        **method_kwargs,
+    )

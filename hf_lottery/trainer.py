@@ -21,10 +21,10 @@ from .history import main_metric, plot_history, write_history
 from .hub import TicketConfig
 from .masks import TicketMask
 from .peft_utils import is_peft_model, named_parameters
-from .pruning import prune
+from .pruning import prune_with_arguments
 from .resume import TrainLossCarry, last_complete_checkpoint
 from .run_state import RunState, load_weights_, snapshot_weights
-from .scoring import scoring_kwargs_from_args, scoring_spec
+from .scoring import scoring_spec
 from .selection import prunable_parameters
 from .structured.imp import compact_by_mask, prune_structured, removed_groups, structured_parameters
 
@@ -219,7 +219,11 @@ class LotteryTrainer(Trainer):
 
     def _set_mask(self, mask: TicketMask) -> None:
         self._enforcer.set_mask(self.model, mask)
-        self.ticket = mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
+        self.ticket = self._as_ticket(mask)
+
+    def _as_ticket(self, mask: TicketMask) -> TicketMask:
+        """`mask` carrying the run's metadata and history (what save_pretrained records)."""
+        return mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model (zeros in place, vanilla keys) and, beside it, the ticket files of the current mask.
@@ -239,8 +243,7 @@ class LotteryTrainer(Trainer):
             return
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.current_mask is not None:
-            ticket = self.current_mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
-            ticket.save_pretrained(
+            self._as_ticket(self.current_mask).save_pretrained(
                 output_dir or self.args.output_dir,
                 is_main_process=self.args.should_save,
                 create_card=not _internal_call,
@@ -264,20 +267,7 @@ class LotteryTrainer(Trainer):
                 method=args.structured_scoring,
                 **extra,
             )
-        method_kwargs = scoring_kwargs_from_args(args)
-        if scoring_spec(args.pruning_method).needs_data:
-            method_kwargs["dataloader"] = self.get_train_dataloader()
-        return prune(
-            self.model,
-            sparsity,
-            method=args.pruning_method,
-            scope=args.pruning_scope,
-            mask=mask,
-            max_tensor_sparsity=args.max_tensor_sparsity,
-            on_tensor_collapse=args.on_tensor_collapse,
-            seed=(args.pruning_seed if args.pruning_seed is not None else args.seed) + round_index,
-            **method_kwargs,
-        )
+        return prune_with_arguments(self.model, args, sparsity, mask, round_index, self.get_train_dataloader)
 
     def _prune_for_round(self, round_index: int) -> None:
         """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
@@ -355,7 +345,7 @@ class LotteryTrainer(Trainer):
         self._run_state.write(round_index, "trained", self._schedule, self.lottery_history)
         self._write_history()
         self.accelerator.wait_for_everyone()
-        self.ticket = mask.with_metadata(self._ticket_metadata, history=self.lottery_history)
+        self.ticket = self._as_ticket(mask)
         return output
 
     def _round_metrics(self, ignore_keys_for_eval) -> dict[str, float]:
