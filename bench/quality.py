@@ -33,6 +33,9 @@ from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_prun
 from hf_lottery.constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME
 
 IMP_METHODS = ("pretrained", "lr", "finetune")
+# Controls trained once from θ0 per round: random pruning at the per-layer sparsities of the `pretrained` ticket,
+# and the mask that learning-rate rewinding found (is its gain in the mask or in the training it gets?).
+RETRAINED_FROM_THETA0 = {"random": "pretrained", "lr-ticket": "lr"}
 
 
 def build(task_name: str, glue_dir: str, train_samples: int | None, max_len: int):
@@ -151,7 +154,7 @@ def study(opts) -> None:
             save()
     schedule = lottery_args(cache / "x", opts, 42).sparsity_schedule()
     for method in opts.methods:
-        if method == "random" or method in results:
+        if method not in IMP_METHODS or method in results:
             continue
         out = cache / method
         wait_for("dense_seed0")
@@ -167,26 +170,32 @@ def study(opts) -> None:
             "seconds": time.time() - start,
         }
         save()
-    if "random" in opts.methods:
-        wait_for("pretrained")
-        state_dir = cache / "pretrained" / LOTTERY_STATE_DIR
-        rounds = results.setdefault("random", {"rounds": [], "seconds": 0.0})
-        for r in range(1, len(schedule)):
-            if any(abs(x["sparsity"] - schedule[r]) < 1e-3 for x in rounds["rounds"]):
-                continue
-            from safetensors.torch import load_file
-
-            ticket = TicketMask(load_file(str(state_dir / f"mask_round_{r}.safetensors")))
-            model = parts[2]()
-            mask = random_pruning_like(ticket, model, seed=r)
-            out = cache / f"random_round{r}"
-            start = time.time()
-            largs = lottery_args(out, opts, 42, target_sparsity=round(mask.sparsity, 10))
-            hist = run_trainer(out, largs, parts, mask=mask)
-            rounds["rounds"].append({"sparsity": hist[-1]["sparsity"], "metric": hist[-1]["metrics"][metric]})
-            rounds["seconds"] += time.time() - start
-            save()
+    for method, source in RETRAINED_FROM_THETA0.items():
+        if method in opts.methods:
+            retrain_from_theta0(method, source, cache, opts, parts, results, schedule, wait_for, save)
     report(opts)
+
+
+def retrain_from_theta0(method, source, cache, opts, parts, results, schedule, wait_for, save) -> None:
+    """Train θ0 once per round under a mask derived from `source`'s mask of that round (`--rounds` picks rounds)."""
+    from safetensors.torch import load_file
+
+    metric = f"eval_{parts[0].main_metric}"
+    wait_for(source)
+    state_dir = cache / source / LOTTERY_STATE_DIR
+    rounds = results.setdefault(method, {"rounds": [], "seconds": 0.0})
+    for r in opts.rounds or range(1, len(schedule)):
+        if any(abs(x["sparsity"] - schedule[r]) < 1e-3 for x in rounds["rounds"]):
+            continue
+        ticket = TicketMask(load_file(str(state_dir / f"mask_round_{r}.safetensors")))
+        mask = random_pruning_like(ticket, parts[2](), seed=r) if method == "random" else ticket
+        out = cache / f"{method}_round{r}"
+        start = time.time()
+        largs = lottery_args(out, opts, 42, target_sparsity=round(mask.sparsity, 10))
+        hist = run_trainer(out, largs, parts, mask=mask)
+        rounds["rounds"].append({"sparsity": hist[-1]["sparsity"], "metric": hist[-1]["metrics"][metric]})
+        rounds["seconds"] += time.time() - start
+        save()
 
 
 def _load(path: Path) -> dict:
@@ -198,6 +207,7 @@ METHOD_LABELS = {
     "lr": "learning-rate rewinding (Renda et al.)",
     "finetune": "fine-tuning at lr/10",
     "random": "random pruning, same per-layer sparsity",
+    "lr-ticket": "LR-rewinding mask, retrained from θ0",
 }
 
 
@@ -219,15 +229,16 @@ def collect(cache: Path, metric_names: list[str]) -> dict:
             table["methods"][method] = [
                 {"sparsity": r["sparsity"], **{m: r["metrics"][f"eval_{m}"] for m in metric_names}} for r in rounds
             ]
-    random_dirs = sorted(cache.glob("random_round*"), key=lambda d: int(d.name.removeprefix("random_round")))
-    random_rounds = [_history(d)[-1] for d in random_dirs if (d / "lottery_history.json").is_file()]
-    if random_rounds and "dense_seed0" in table["dense"]:
-        dense0 = table["dense"]["dense_seed0"]
-        table["methods"]["random"] = [{"sparsity": 0.0, **{m: dense0[m] for m in metric_names}}] + [
-            {"sparsity": r["sparsity"], **{m: r["metrics"][f"eval_{m}"] for m in metric_names}}
-            for r in random_rounds
-            if "metrics" in r
-        ]
+    for method in RETRAINED_FROM_THETA0:
+        dirs = sorted(cache.glob(f"{method}_round*"), key=lambda d: int(d.name.removeprefix(f"{method}_round")))
+        finished = [_history(d)[-1] for d in dirs if (d / "lottery_history.json").is_file()]
+        if finished and "dense_seed0" in table["dense"]:
+            dense0 = table["dense"]["dense_seed0"]
+            table["methods"][method] = [{"sparsity": 0.0, **{m: dense0[m] for m in metric_names}}] + [
+                {"sparsity": r["sparsity"], **{m: r["metrics"][f"eval_{m}"] for m in metric_names}}
+                for r in finished
+                if "metrics" in r
+            ]
     table["seconds"] = {k: v["seconds"] for k, v in results.items() if isinstance(v, dict) and "seconds" in v}
     return table
 
@@ -290,7 +301,7 @@ def plot() -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), dpi=110, squeeze=False)
     for ax, (task, metric, table) in zip(axes[0], panels):
         summary = table["summary"][metric]
-        for (method, label), color in zip(METHOD_LABELS.items(), ("C0", "C1", "C2", "C3")):
+        for (method, label), color in zip(METHOD_LABELS.items(), ("C0", "C1", "C2", "C3", "C4")):
             rounds = table["methods"].get(method, [])
             xs = [100 * r["sparsity"] for r in rounds]
             ax.plot(xs, [100 * r[metric] for r in rounds], marker="o", color=color, label=label)
@@ -322,7 +333,13 @@ def main() -> None:
     parser.add_argument(
         "--dense-seeds", nargs="*", type=int, default=None, help="which dense seeds this process trains (default all)"
     )
-    parser.add_argument("--methods", nargs="+", default=["pretrained", "lr", "finetune", "random"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["pretrained", "lr", "finetune", "random"],
+        choices=[*IMP_METHODS, *RETRAINED_FROM_THETA0],
+    )
+    parser.add_argument("--rounds", nargs="*", type=int, default=None, help="rounds of the θ0 controls to train")
     parser.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "quality"))
     parser.add_argument(
         "--sampling",
