@@ -125,7 +125,9 @@ def study(opts) -> None:
     results_path = cache / "results.json"
     results = _load(results_path)
     results["config"] = {
-        k: v for k, v in vars(opts).items() if k not in ("report", "methods", "dense_seeds", "threads")
+        k: v
+        for k, v in vars(opts).items()
+        if k not in ("report", "methods", "dense_seeds", "threads", "name", "rounds")
     }
     results["machine"] = machine()
 
@@ -259,10 +261,13 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
     highest = {}
     for method in (m for m in METHOD_LABELS if m in table["methods"]):
         by_s = {round(r["sparsity"], 2): r[metric] for r in table["methods"][method]}
-        matching = [s for s, m in by_s.items() if m >= mean - std]
+        # The 0 % point of every row is the shared dense run, so it is not a finding of the method.
+        matching = [s for s, m in by_s.items() if s > 0 and m >= mean - std]
         highest[method] = max(matching) if matching else None
         cells = [f"{100 * by_s[s]:.2f}" if s in by_s else "" for s in sparsities]
         best = f"{100 * highest[method]:.0f} %" if matching else "none"
+        if len(by_s) < len(sparsities):
+            best = "(not every level run)"
         lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + f" | {best} |")
     return "\n".join(lines), {"mean": mean, "std": std, "highest_matching": highest}
 
