@@ -308,13 +308,16 @@ def plot() -> None:
         summary = table["summary"][metric]
         for (method, label), color in zip(METHOD_LABELS.items(), ("C0", "C1", "C2", "C3", "C4")):
             rounds = table["methods"].get(method, [])
-            xs = [100 * r["sparsity"] for r in rounds]
-            ax.plot(xs, [100 * r[metric] for r in rounds], marker="o", color=color, label=label)
+            style = {"marker": "o", "color": color, "label": label}
+            if method == "lr-ticket":  # run at chosen levels only: points, no line from the shared dense point
+                rounds = [r for r in rounds if r["sparsity"] > 0]
+                style.update(marker="s", linestyle=":")
+            ax.plot([100 * r["sparsity"] for r in rounds], [100 * r[metric] for r in rounds], **style)
         low, high = summary["mean"] - summary["std"], summary["mean"] + summary["std"]
         ax.axhspan(100 * low, 100 * high, color="grey", alpha=0.25, label="dense mean ± 1 std")
         config = table["config"] or {}
-        budget = f"{config.get('train_samples') or 'all'} train, {config.get('epochs')} ep/round"
-        ax.set_title(f"{task} ({budget})")
+        budget = f"{config.get('train_samples') or 'all'} train, {config.get('epochs'):g} epochs/round"
+        ax.set_title(f"{task.upper()} {metric} ({budget})")
         ax.set_xlabel("sparsity of prunable weights (%)")
         ax.set_ylabel(f"dev {metric} (%)")
         ax.grid(alpha=0.3)
