@@ -217,6 +217,10 @@ def _history(run_dir: Path) -> list[dict]:
     return json.loads((run_dir / "lottery_history.json").read_text())["rounds"]
 
 
+def _point(record: dict, metric_names: list[str]) -> dict:
+    return {"sparsity": record["sparsity"], **{m: record["metrics"][f"eval_{m}"] for m in metric_names}}
+
+
 def collect(cache: Path, metric_names: list[str]) -> dict:
     """Every metric of every finished training in one task's cache, read back from the runs' histories."""
     results = _load(cache / "results.json")
@@ -228,18 +232,14 @@ def collect(cache: Path, metric_names: list[str]) -> dict:
     for method in IMP_METHODS:
         if (cache / method / "lottery_history.json").is_file():
             rounds = [r for r in _history(cache / method) if "metrics" in r]
-            table["methods"][method] = [
-                {"sparsity": r["sparsity"], **{m: r["metrics"][f"eval_{m}"] for m in metric_names}} for r in rounds
-            ]
+            table["methods"][method] = [_point(r, metric_names) for r in rounds]
     for method in RETRAINED_FROM_THETA0:
         dirs = sorted(cache.glob(f"{method}_round*"), key=lambda d: int(d.name.removeprefix(f"{method}_round")))
         finished = [_history(d)[-1] for d in dirs if (d / "lottery_history.json").is_file()]
         if finished and "dense_seed0" in table["dense"]:
             dense0 = table["dense"]["dense_seed0"]
             table["methods"][method] = [{"sparsity": 0.0, **{m: dense0[m] for m in metric_names}}] + [
-                {"sparsity": r["sparsity"], **{m: r["metrics"][f"eval_{m}"] for m in metric_names}}
-                for r in finished
-                if "metrics" in r
+                _point(r, metric_names) for r in finished if "metrics" in r
             ]
     table["seconds"] = {k: v["seconds"] for k, v in results.items() if isinstance(v, dict) and "seconds" in v}
     return table
