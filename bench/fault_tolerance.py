@@ -39,9 +39,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import tiny_model, toy_dataset  # noqa: E402
+from hf_lottery.testing_utils import tiny_model, toy_dataset  # noqa: E402
 
 # One intra-op thread (conftest sets two): set before any fork, so the parent never starts a thread pool, and
 # cheaper than two threads fighting for a busy machine's cores.
@@ -50,11 +48,11 @@ from transformers import Trainer, TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback, TrainerState  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-import hf_lottery.history  # noqa: E402
-import hf_lottery.io_utils  # noqa: E402
+import hf_lottery.ticket.history  # noqa: E402
+import hf_lottery.utils.io  # noqa: E402
 from hf_lottery import LotteryArguments, LotteryTrainer  # noqa: E402
 from hf_lottery.constants import LOTTERY_HISTORY_NAME  # noqa: E402
-from hf_lottery.run_state import RunState  # noqa: E402
+from hf_lottery.training.run_state import RunState  # noqa: E402
 
 TIMING_KEYS = ("seconds",)
 TIMING_METRICS = ("_runtime", "_per_second", "_time")  # suffixes: eval_runtime, eval_model_preparation_time...
@@ -146,7 +144,7 @@ class Killer:
 
     def install(self) -> None:
         """Wrap the writers (in this child process only)."""
-        original_atomic = hf_lottery.io_utils.atomic_path
+        original_atomic = hf_lottery.utils.io.atomic_path
 
         @contextlib.contextmanager
         def atomic_path(path):
@@ -155,8 +153,8 @@ class Killer:
                 # The temporary file is complete; dying here leaves it beside an untouched target.
                 self.event(f"atomic_write:{Path(path).name}")
 
-        hf_lottery.io_utils.atomic_path = atomic_path
-        hf_lottery.history.atomic_path = atomic_path
+        hf_lottery.utils.io.atomic_path = atomic_path
+        hf_lottery.ticket.history.atomic_path = atomic_path
 
         original_state_save = TrainerState.save_to_json
 

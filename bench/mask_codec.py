@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_lottery.serialization import encode_mask, load_masks, save_masks
+from hf_lottery.ticket.codec import encode_mask, load_masks, save_masks
 
 SPARSITIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 

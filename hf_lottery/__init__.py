@@ -1,14 +1,11 @@
 """hf_lottery: lottery tickets and structured pruning for Hugging Face Transformers."""
 
-from .arguments import LotteryArguments, sparsity_schedule
-from .branches import random_pruning_like, reinitialize_survivors, transfer_ticket
-from .callback import LotteryCallback
-from .hub import TicketConfig, TicketUploadError, save_sparse_model
-from .masks import TicketMask
-from .peft_utils import apply_ticket_to_peft, merge_and_unload_sparse, remove_ticket_from_peft
-from .pruning import prune
+from .constants import __version__
+from .integrations import transformers as _transformers_hooks
+from .integrations.peft import apply_ticket_to_peft, merge_and_unload_sparse, remove_ticket_from_peft
+from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
+from .pruning.prune import prune
 from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
-from .selection import default_prunable_names, prunable_parameters
 from .selector import LayerCollapseError, select_mask
 from .structured import (
     BlockLayout,
@@ -23,11 +20,21 @@ from .structured import (
     select_structures,
     structure_counts,
 )
-from .trainer import LotteryTrainer
+from .ticket.config import TicketConfig
+from .ticket.hub import TicketUploadError
+from .ticket.mask import TicketMask
+from .ticket.sparse_model import save_sparse_model
+from .training.arguments import LotteryArguments
+from .training.callback import LotteryCallback
+from .training.schedule import sparsity_schedule
+from .training.trainer import LotteryTrainer
+from .utils.parameters import default_prunable_names, prunable_parameters
 
-__version__ = "0.1.0"
+# `from_pretrained` rebuilds shrunk models and `save_pretrained` writes checkpoints that load without hf_lottery.
+_transformers_hooks.install_hooks()
 
 __all__ = [
+    "__version__",
     "BlockLayout",
     "StructureGates",
     "attach_gates",

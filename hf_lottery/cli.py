@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 from transformers.utils import logging
 
-from .arguments import LotteryArguments
+from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sample_dataset_dir
+
+from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
+from .ticket.mask import TicketMask
+from .training.arguments import LotteryArguments
+from .training.trainer import LotteryTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -132,15 +137,11 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryA
     if known.demo.lower() in ("true", "1", "yes"):
         defaults.update(DEMO_DEFAULTS)
         defaults["model_name_or_path"] = _demo_model_path()
-        from glue_tasks import sample_dataset_dir
-
         defaults["data_dir"] = str(sample_dataset_dir())
     if known.recipe.lower() in ("true", "1", "yes"):
         task = known.task_name or defaults.get("task_name")
         if task is None:
             raise SystemExit("--recipe needs --task_name.")
-        from glue_tasks import load_recipe
-
         defaults.update(load_recipe(task))
     given = _given_flags(argv)
     argv = list(argv)
@@ -171,8 +172,6 @@ def _demo_model_path() -> str:
 
 def build_datasets(data_args: DataArguments, tokenizer, seed: int):
     """Load the task, tokenize (no padding: the collator pads each batch to its longest example)."""
-    from glue_tasks import get_task, load_glue
-
     task = get_task(data_args.task_name)
     splits = [task.train_split, task.validation_splits[0]]
     raw = load_glue(
@@ -198,9 +197,6 @@ def build_datasets(data_args: DataArguments, tokenizer, seed: int):
 
 def branch_mask(branch_args: BranchArguments, model) -> Any:
     """The mask (and, for random_reinit, the re-initialised model) of a lottery branch."""
-    from .branches import random_pruning_like, reinitialize_survivors, transfer_ticket
-    from .masks import TicketMask
-
     ticket = TicketMask.from_pretrained(branch_args.ticket)
     if branch_args.branch == "random_prune":
         return random_pruning_like(ticket, model, seed=branch_args.branch_seed)
@@ -218,12 +214,6 @@ def find_ticket(
 ) -> Any:
     """Run IMP on a GLUE task (or train one lottery branch); writes the ticket, the sparse model, the history and
     the plot to `output_dir`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
-
-    from glue_tasks import compute_metrics_fn
-
-    from .trainer import LotteryTrainer
-
     hub = {
         "revision": model_args.revision,
         "cache_dir": model_args.cache_dir,

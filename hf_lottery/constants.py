@@ -1,4 +1,6 @@
-"""File names and other fixed strings shared across hf_lottery."""
+"""File names, format versions and the version of hf_lottery: the fixed strings shared across the package."""
+
+__version__ = "0.1.0"
 
 # Ticket artifact (a folder on disk or a Hub repository).
 TICKET_CONFIG_NAME = "ticket_config.json"

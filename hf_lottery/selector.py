@@ -8,12 +8,10 @@ from collections.abc import Mapping
 import torch
 from transformers.utils import logging
 
-from .masks import TicketMask
+from .ticket.mask import TicketMask
+from .types import COLLAPSE_POLICIES, SCOPES
 
 logger = logging.get_logger(__name__)
-
-SCOPES = ("global", "layer")
-COLLAPSE_POLICIES = ("redistribute", "warn", "error")
 
 
 class LayerCollapseError(ValueError):

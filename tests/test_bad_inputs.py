@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_model, toy_dataset
+from conftest import REPO_ROOT
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -29,7 +29,8 @@ from hf_lottery import (
     apply_ticket_to_peft,
     prune,
 )
-from hf_lottery.distributed import check_distributed_setup
+from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.training.distributed import check_distributed_setup
 
 DOCS = REPO_ROOT / "docs" / "scale.md"
 
@@ -134,7 +135,7 @@ def lora_dora():
 
 
 def multi_process_without_ddp(monkeypatch_target):
-    import hf_lottery.distributed as distributed
+    import hf_lottery.training.distributed as distributed
 
     monkeypatch_target.setattr(distributed, "is_distributed", lambda: True)
     monkeypatch_target.setattr(distributed.dist, "get_world_size", lambda: 2)
@@ -152,7 +153,12 @@ CASES = [
     Case("rewind='step' without rewind_step", lambda t: largs(t, rewind="step"), ValueError, r"rewind_step=100"),
     Case("rewind_step without rewind='step'", lambda t: largs(t, rewind_step=5), ValueError, r"only used with"),
     Case("unknown pruning_scope", lambda t: largs(t, pruning_scope="local"), ValueError, ACCEPTED),
-    Case("unknown pruning_method", lambda t: largs(t, pruning_method="snip"), ValueError, r"'magnitude'"),
+    Case(
+        "unknown pruning_method",
+        lambda t: LotteryCallback(largs(t, pruning_method="snip")),
+        ValueError,
+        r"pruning_method='snip'.*'magnitude'",
+    ),
     Case("unknown on_tensor_collapse", lambda t: largs(t, on_tensor_collapse="ignore"), ValueError, ACCEPTED),
     Case("unknown granularity", lambda t: largs(t, granularity="block"), ValueError, ACCEPTED),
     Case("max_tensor_sparsity outside (0, 1]", lambda t: largs(t, max_tensor_sparsity=0.0), ValueError, r"\(0, 1\]"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
 from transformers import AutoModelForTokenClassification, BertModel
 from transformers.utils import logging
 
 from hf_lottery import TicketMask, prune, random_pruning_like, reinitialize_survivors, transfer_ticket
+from hf_lottery.testing_utils import tiny_config, tiny_model
 
 
 @pytest.fixture

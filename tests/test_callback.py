@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model, toy_dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_lottery import LotteryArguments, LotteryCallback, prune
+from hf_lottery.testing_utils import tiny_model, toy_dataset
 
 
 def train_args(tmp_path, **overrides):
@@ -47,8 +47,11 @@ def test_gradual_imp_reaches_target_with_nested_masks(tmp_path):
     model = tiny_model()
     callback = LotteryCallback(lottery_args(tmp_path))
     Trainer(model=model, args=train_args(tmp_path), train_dataset=toy_dataset(64), callbacks=[callback]).train()
-    assert [h["sparsity"] for h in callback.history] == pytest.approx([0.25, 0.5])
-    assert [h["step"] for h in callback.history] == [4, 8]  # 12 steps, 2 levels: every 12 // 3 steps
+    # one record per level (the trainer's schema): 12 steps, 3 levels of 12 // 3 steps each
+    assert [h["round"] for h in callback.history] == [0, 1, 2]
+    assert [h["sparsity"] for h in callback.history] == pytest.approx([0.0, 0.25, 0.5])
+    assert [h["total_steps"] for h in callback.history] == [4, 8, 12]
+    assert [h["steps"] for h in callback.history] == [4, 4, 4]
     assert callback.ticket.num_pruned == round(0.5 * callback.ticket.num_params)
     params = dict(model.named_parameters())
     assert all(torch.count_nonzero(params[n][~m]) == 0 for n, m in callback.ticket.items())
@@ -61,14 +64,14 @@ def test_gradual_imp_rewinds_to_pretrained(tmp_path):
     seen = {}
 
     class Peek(LotteryCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            super().on_step_end(args, state, control, model=model, **kwargs)
-            if state.global_step == 4:
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            super().on_step_begin(args, state, control, model=model, **kwargs)
+            if state.global_step == 4:  # level 1 begins: pruned and rewound before step 5
                 seen.update({n: p.detach().clone() for n, p in model.named_parameters()})
 
     callback = Peek(lottery_args(tmp_path, rewind="pretrained"))
     Trainer(model=model, args=train_args(tmp_path), train_dataset=toy_dataset(64), callbacks=[callback]).train()
-    assert callback.history[0]["step"] == 4
+    assert callback.history[0]["total_steps"] == 4
     for name, value in seen.items():
         expected = theta0[name]
         if name in callback.ticket:

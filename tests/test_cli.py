@@ -8,9 +8,9 @@ import string
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
 
 from hf_lottery.cli import main, parse_args
+from hf_lottery.testing_utils import tiny_model
 
 
 @pytest.fixture

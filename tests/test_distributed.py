@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, toy_dataset
+from conftest import REPO_ROOT
 
 from hf_lottery import LotteryTrainer, TicketMask
-from hf_lottery.distributed import broadcast_weights_, is_distributed, mask_digest, sync_mask
-from hf_lottery.io_utils import load_tensors
+from hf_lottery.testing_utils import toy_dataset
+from hf_lottery.training.distributed import broadcast_weights_, is_distributed, mask_digest, sync_mask
+from hf_lottery.utils.io import load_tensors
 
 SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_lottery.py"
 sys.path.insert(0, str(SCRIPT.parent))

@@ -12,13 +12,14 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_model, toy_dataset
+from conftest import REPO_ROOT
 from transformers import Trainer, TrainingArguments
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer
-from hf_lottery.io_utils import load_tensors, save_tensors
-from hf_lottery.resume import last_complete_checkpoint
-from hf_lottery.run_state import RunState
+from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.training.resume import last_complete_checkpoint
+from hf_lottery.training.run_state import RunState
+from hf_lottery.utils.io import load_tensors, save_tensors
 
 BENCH = REPO_ROOT / "bench" / "fault_tolerance.py"
 

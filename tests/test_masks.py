@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from hf_lottery import TicketMask, prune
+from hf_lottery.testing_utils import tiny_model
 
 
 def test_figures_and_report():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model, toy_dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_lottery import (
@@ -17,9 +16,14 @@ from hf_lottery import (
     prune,
     remove_ticket_from_peft,
 )
-from hf_lottery.io_utils import load_tensors, save_tensors
-from hf_lottery.peft_utils import is_peft_model, named_parameters, original_parameter_name
-from hf_lottery.selection import default_prunable_names
+from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.utils.io import load_tensors, save_tensors
+from hf_lottery.utils.parameters import (
+    default_prunable_names,
+    is_peft_model,
+    named_parameters,
+    original_parameter_name,
+)
 
 peft = pytest.importorskip("peft")
 TARGETS = ["query", "value", "dense"]  # "dense": attention output, FFN output and the pooler

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
 from torch.nn.utils import prune as torch_prune
 
 from hf_lottery import LayerCollapseError, TicketMask, default_prunable_names, prune, select_mask
+from hf_lottery.testing_utils import tiny_model
 
 
 def _pruned_values(model, mask):

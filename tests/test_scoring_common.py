@@ -9,12 +9,20 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_model, toy_dataset
 from torch.utils.data import DataLoader
 
-from hf_lottery import TicketMask, get_scoring, prunable_parameters, prune, registered_methods
-from hf_lottery.arguments import LotteryArguments
+from hf_lottery import (
+    LotteryCallback,
+    LotteryTrainer,
+    TicketMask,
+    get_scoring,
+    prunable_parameters,
+    prune,
+    registered_methods,
+)
 from hf_lottery.scoring import scoring_kwargs_from_args, scoring_spec
+from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.training.arguments import LotteryArguments
 
 
 def _toy_loader() -> DataLoader:
@@ -138,9 +146,13 @@ def test_unknown_method_lists_the_registered_ones(call):
         assert name in str(err.value)
 
 
-def test_lottery_arguments_refuse_an_unknown_method(tmp_path):
+def test_a_run_refuses_an_unknown_method(tmp_path):
+    # The arguments know fixed choices only; the scoring registry is checked when a run is set up.
+    args = LotteryArguments(output_dir=str(tmp_path), pruning_method="snip", use_cpu=True, report_to=[])
     with pytest.raises(ValueError, match="pruning_method='snip'.*'synflow'"):
-        LotteryArguments(output_dir=str(tmp_path), pruning_method="snip")
+        LotteryTrainer(model=tiny_model(), args=args, train_dataset=toy_dataset(8))
+    with pytest.raises(ValueError, match="pruning_method='snip'.*'synflow'"):
+        LotteryCallback(args)
 
 
 @pytest.mark.parametrize(

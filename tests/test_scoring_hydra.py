@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model, toy_dataset
 from torch.utils.data import DataLoader
 
 from hf_lottery import prune
+from hf_lottery.testing_utils import tiny_model, toy_dataset
 
 
 def _loader(dataset, shuffle: bool = False, seed: int = 0) -> DataLoader:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
 from torch import nn
 from transformers import BertModel
 
 from hf_lottery import TicketMask, get_scoring, prunable_parameters, prune, select_mask
+from hf_lottery.testing_utils import tiny_config, tiny_model
 
 
 def _bert_with_small_pooler() -> nn.Module:

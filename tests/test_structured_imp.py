@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model, toy_dataset
 
 from hf_lottery import LotteryArguments, LotteryTrainer, structure_counts
 from hf_lottery.structured.imp import compact_by_mask, prune_structured, removed_groups, structured_mask
+from hf_lottery.testing_utils import tiny_model, toy_dataset
 
 
 def test_structured_mask_equals_compaction():

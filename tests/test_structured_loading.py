@@ -23,7 +23,8 @@ from transformers import (
 from transformers.utils import logging
 
 from hf_lottery.constants import STRUCTURED_MODELING_FILE
-from hf_lottery.structured import hooks_installed, install_hooks, prune_heads, prune_neurons, pruned_structure
+from hf_lottery.integrations.transformers import hooks_installed, install_hooks
+from hf_lottery.structured import prune_heads, prune_neurons, pruned_structure
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
 from transformers import AutoModelForSequenceClassification
 
 from hf_lottery import TicketConfig, TicketMask, prune, save_sparse_model
@@ -21,7 +20,8 @@ from hf_lottery.constants import (
     TICKET_FORMAT_VERSION,
     TICKET_MASK_NAME,
 )
-from hf_lottery.hub import combine_digests, tensor_digest
+from hf_lottery.testing_utils import tiny_model
+from hf_lottery.ticket.fingerprint import combine_digests, tensor_digest
 
 HISTORY = [
     {
@@ -181,7 +181,7 @@ def test_overwrite_existing_folder(ticket, base_dir, tmp_path):
 
 
 def test_failed_save_leaves_nothing(ticket, base_dir, tmp_path, monkeypatch):
-    import hf_lottery.serialization as serialization
+    import hf_lottery.ticket.folder as serialization
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -375,7 +375,7 @@ def test_sparse_model_rejects_mismatched_mask(ticket, tmp_path):
 
 
 def test_config_records_lottery_arguments(base_dir, tmp_path):
-    from hf_lottery.arguments import LotteryArguments
+    from hf_lottery.training.arguments import LotteryArguments
 
     args = LotteryArguments(output_dir=str(tmp_path / "o"), target_sparsity=0.6, rewind="lr", report_to="none")
     model = load_base(base_dir)

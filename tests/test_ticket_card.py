@@ -16,7 +16,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hf_lottery import TicketConfig, TicketMask, save_sparse_model
 from hf_lottery.constants import SPARSITY_PLOT_NAME, TICKET_CARD_NAME, TICKET_CARD_TEMPLATE
-from hf_lottery.model_card import render_ticket_card, template_text
+from hf_lottery.ticket.card import render_ticket_card, template_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CANONICAL = REPO_ROOT / "model_cards" / TICKET_CARD_TEMPLATE
@@ -106,9 +106,8 @@ def test_local_base_path_is_not_a_hub_base_model(tmp_path):
 
 
 def test_sparse_folder_card_shows_vanilla_loading(tmp_path):
-    from conftest import tiny_model
-
     from hf_lottery import prune
+    from hf_lottery.testing_utils import tiny_model
 
     model = tiny_model()
     mask = prune(model, 0.5)
@@ -144,7 +143,7 @@ def test_template_is_found_from_a_wheel(tmp_path):
     script = (
         "import sys, torch, hf_lottery\n"
         f"assert hf_lottery.__file__.startswith({str(site)!r}), hf_lottery.__file__\n"
-        "from hf_lottery.model_card import render_ticket_card\n"
+        "from hf_lottery.ticket.card import render_ticket_card\n"
         "card = render_ticket_card(hf_lottery.TicketMask({'w': torch.ones(3, 3, dtype=torch.bool)}))\n"
         "assert card.data.library_name == 'hf_lottery'\n"
         "print('rendered', len(str(card)))\n"

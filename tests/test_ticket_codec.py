@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from hf_lottery.constants import MASK_FORMAT_KEY, MASK_METADATA_KEY
-from hf_lottery.serialization import CODECS, decode_mask, encode_mask, load_masks, save_masks
+from hf_lottery.ticket.codec import CODECS, decode_mask, encode_mask, load_masks, save_masks
 
 SPARSITIES = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 SHAPES = [(0,), (1,), (7,), (13,), (1000,), (3, 5), (17, 9), (64, 48), (2, 3, 5)]

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model, toy_dataset
 from transformers import TrainerCallback
 
 from hf_lottery import LotteryArguments, LotteryTrainer
-from hf_lottery.run_state import snapshot_weights
+from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.training.run_state import snapshot_weights
 
 
 def accuracy(p):

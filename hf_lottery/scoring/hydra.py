@@ -31,14 +31,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers.utils import logging
 
-from ..masks import TicketMask
 from ..selector import select_mask
+from ..ticket.mask import TicketMask
+from ..types import DEFAULT_HYDRA_LEARNING_RATE, HYDRA_OPTIMIZERS
 from .registry import register_scoring
 
 logger = logging.get_logger(__name__)
-
-HYDRA_OPTIMIZERS = ("adam", "sgd")
-DEFAULT_HYDRA_LEARNING_RATE = 0.01
 
 
 class _StraightThrough(torch.autograd.Function):

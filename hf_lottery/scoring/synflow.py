@@ -47,12 +47,12 @@ from torch import nn
 from torch.func import functional_call
 from transformers import AttentionInterface
 
-from ..masks import TicketMask
 from ..selector import select_mask
+from ..ticket.mask import TicketMask
+from ..types import DEFAULT_SYNFLOW_ITERATIONS
 from .registry import register_scoring
 
 SYNFLOW_ATTENTION = "hf_lottery_synflow"
-DEFAULT_SYNFLOW_ITERATIONS = 100
 
 # Attention query/key projections, by family (BERT, RoBERTa, ELECTRA, ALBERT; DistilBERT; most others).
 QUERY_KEY_NAMES = ("query", "key", "q_lin", "k_lin", "q_proj", "k_proj")
@@ -98,9 +98,6 @@ def _linearized_attention(
     weights = scores / torch.where(normalizer > 0, normalizer, torch.ones_like(normalizer))
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
-
-
-AttentionInterface.register(SYNFLOW_ATTENTION, _linearized_attention)
 
 
 def _is_activation(module: nn.Module) -> bool:
@@ -164,6 +161,8 @@ def _linearized(base: nn.Module, input_scale: list[float]) -> Iterator[None]:
             elif _is_norm(module):
                 handles.append(module.register_forward_hook(cut_residual))
         base.eval()
+        # Registered here, not at import: importing hf_lottery leaves transformers' attention registry alone.
+        AttentionInterface.register(SYNFLOW_ATTENTION, _linearized_attention)
         config._attn_implementation = SYNFLOW_ATTENTION
         yield
     finally:

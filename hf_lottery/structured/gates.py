@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .layouts import get_layout
+from .polarization import polarization_regularizer
 from .shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR, get_blocks, kept_indices, original_counts
 
 GroupScores = dict[int, torch.Tensor]
@@ -120,8 +121,6 @@ class StructureGates(nn.Module):
         The polarization regularizer, summed over the kinds of gates held (heads and neurons are polarized
         separately: each kind has its own mean). See [`polarization_regularizer`].
         """
-        from .polarization import polarization_regularizer
-
         terms = [
             polarization_regularizer(list(self.gate_tensors(kind)), t=t)
             for kind in ("heads", "neurons")

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ..masks import TicketMask
+from ..ticket.mask import TicketMask
 from .layouts import get_layout
+from .removal import compact, select_structures
 from .scores import score_structures
-from .selection import compact, select_structures
 from .shrink import get_blocks, original_counts
 
 KINDS = {"head": ("heads",), "neuron": ("neurons",), "head+neuron": ("heads", "neurons")}

@@ -45,15 +45,13 @@ if os.environ.get("RANK", "0") != "0":
     safetensors.torch.save_file = _recording(safetensors.torch.save_file, 1)
     torch.save = _recording(torch.save, 1)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from conftest import tiny_model, toy_dataset  # noqa: E402
+from hf_lottery.testing_utils import tiny_model, toy_dataset  # noqa: E402
 
 torch.set_num_threads(1)  # two processes on the machine's cores: more threads only contend (conftest sets two)
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer  # noqa: E402
-from hf_lottery.io_utils import save_tensors  # noqa: E402
+from hf_lottery.utils.io import save_tensors  # noqa: E402
 
 
 def _audit(event: str, args: tuple) -> None:
@@ -212,7 +210,7 @@ def main() -> None:
     trainer.add_callback(probe)
     trainer.train()
     ticket = trainer.ticket
-    result["theta0"] = gather(digest(trainer._theta0))
+    result["theta0"] = gather(digest(trainer._rounds.theta0))
     result["round_masks"] = gather(probe.masks)
     result["round_weights"] = gather(probe.weights)
     result["bad_grad_steps"] = gather(probe.bad_grads)

@@ -9,8 +9,9 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .masks import TicketMask
-from .peft_utils import named_parameters, sync_lora_masks
+from ..integrations.peft import sync_lora_masks
+from ..ticket.mask import TicketMask
+from ..utils.parameters import named_parameters
 
 logger = logging.get_logger(__name__)
 

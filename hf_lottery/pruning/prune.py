@@ -9,13 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .masks import TicketMask
-from .peft_utils import named_parameters
-from .scoring import get_scoring, scoring_kwargs_from_args, scoring_spec
-from .selection import prunable_parameters
-from .selector import select_mask
-
-DEFAULT_MAX_TENSOR_SPARSITY = 0.9
+from ..scoring import get_scoring, scoring_kwargs_from_args, scoring_spec
+from ..selector import select_mask
+from ..ticket.mask import TicketMask
+from ..types import DEFAULT_MAX_TENSOR_SPARSITY
+from ..utils.parameters import named_parameters, prunable_parameters
 
 
 def prune(
@@ -79,6 +77,11 @@ def prune(
     return select(scores, sparsity, mask=mask)
 
 
+def pruning_seed(args: Any, index: int) -> int:
+    """Seed of a stochastic pruning step: `pruning_seed` (default `seed`) of the arguments plus the round index."""
+    return (args.pruning_seed if args.pruning_seed is not None else args.seed) + index
+
+
 def prune_with_arguments(
     model: nn.Module,
     args: Any,
@@ -104,6 +107,6 @@ def prune_with_arguments(
         mask=mask,
         max_tensor_sparsity=args.max_tensor_sparsity,
         on_tensor_collapse=args.on_tensor_collapse,
-        seed=(args.pruning_seed if args.pruning_seed is not None else args.seed) + index,
+        seed=pruning_seed(args, index),
         **method_kwargs,
     )

@@ -6,7 +6,23 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .io_utils import atomic_path, write_json
+from ..utils.io import atomic_path, write_json
+
+# The record of one round, as both LotteryTrainer and LotteryCallback write it (`lottery_history.json`, the
+# ticket's `history`, the CLI table, the card):
+ROUND_RECORD_FIELDS = {
+    "round": "int: 0 is the dense model; with LotteryCallback, the pruning level inside the one run",
+    "sparsity": "float: fraction of the masked weights pruned while the round trained",
+    "target_sparsity": "float: the schedule's sparsity for the round",
+    "metrics": "dict: eval metrics at the end of the round (eval_*; {} without an eval set)",
+    "train_loss": "float or None: mean training loss of the round",
+    "steps": "int: optimizer steps the round trained",
+    "total_steps": "int: optimizer steps of the run up to the end of the round (cost of the ticket so far)",
+    "seconds": "float: wall time of the round",
+    "tensor_sparsity": "dict: per masked tensor, the fraction pruned",
+    "removed_groups": "dict, structured granularities only: heads and neurons removed in total",
+}
+REQUIRED_RECORD_FIELDS = tuple(name for name in ROUND_RECORD_FIELDS if name != "removed_groups")
 
 _NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
 

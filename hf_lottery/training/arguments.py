@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .pruning import DEFAULT_MAX_TENSOR_SPARSITY
-from .scoring.hydra import DEFAULT_HYDRA_LEARNING_RATE, HYDRA_OPTIMIZERS
-from .scoring.synflow import DEFAULT_SYNFLOW_ITERATIONS
-from .selector import COLLAPSE_POLICIES, SCOPES
-
-PRUNING_RATE_OF = ("original", "remaining")
-REWIND_MODES = ("pretrained", "step", "lr", "none")
-GRANULARITIES = ("weight", "head", "neuron", "head+neuron")
+from ..types import (
+    COLLAPSE_POLICIES,
+    DEFAULT_HYDRA_LEARNING_RATE,
+    DEFAULT_MAX_TENSOR_SPARSITY,
+    DEFAULT_SYNFLOW_ITERATIONS,
+    GRANULARITIES,
+    HYDRA_OPTIMIZERS,
+    PRUNING_RATE_OF,
+    REWIND_MODES,
+    SCOPES,
+    STRUCTURED_SCORINGS,
+)
+from .schedule import sparsity_schedule
 
 
 def _choices(name: str, value: object, accepted: tuple[str, ...]) -> None:
@@ -128,7 +132,7 @@ class LotteryArguments(TrainingArguments):
         metadata={
             "help": "Group score for structured granularities: 'magnitude' (norm of the group's weights), "
             "'first_order' (|dL/dgate| over the train data, Michel et al. 2019) or 'random'.",
-            "choices": ["magnitude", "first_order", "random"],
+            "choices": list(STRUCTURED_SCORINGS),
         },
     )
     # Settings of one scoring method are named `{method}_{kwarg}` (scoring_kwargs_from_args passes them on).
@@ -181,9 +185,9 @@ class LotteryArguments(TrainingArguments):
         _choices("pruning_scope", self.pruning_scope, SCOPES)
         _choices("on_tensor_collapse", self.on_tensor_collapse, COLLAPSE_POLICIES)
         _choices("granularity", self.granularity, GRANULARITIES)
-        from .scoring import registered_methods
-
-        _choices("pruning_method", self.pruning_method, tuple(registered_methods()))
+        _choices("structured_scoring", self.structured_scoring, STRUCTURED_SCORINGS)
+        # pruning_method is checked against the scoring registry when a run starts (the round engine): the
+        # arguments know the choices of fixed sets only, never the algorithms.
         if self.rewind == "step":
             if self.rewind_step is None or self.rewind_step < 0:
                 raise ValueError(
@@ -215,24 +219,3 @@ class LotteryArguments(TrainingArguments):
     def sparsity_schedule(self, start: float = 0.0) -> list[float]:
         """Sparsity of each round, round 0 (dense, or `start` for an already sparse model) first."""
         return sparsity_schedule(self.target_sparsity, self.pruning_rate, self.pruning_rate_of, start)
-
-
-def sparsity_schedule(target: float, rate: float, rate_of: str = "original", start: float = 0.0) -> list[float]:
-    """Round sparsities from `start` to `target`: `rate` of the original (or remaining) weights per round.
-
-    The last round is clipped to `target`.
-    """
-    levels = [start]
-    if rate_of == "original":
-        r = math.floor(start / rate + 1e-9) + 1
-        while r * rate < target - 1e-9:
-            levels.append(r * rate)
-            r += 1
-    else:
-        density = 1.0 - start
-        while 1.0 - density * (1.0 - rate) < target - 1e-9:
-            density *= 1.0 - rate
-            levels.append(1.0 - density)
-    if target > start + 1e-12:
-        levels.append(target)
-    return [round(level, 10) for level in levels]

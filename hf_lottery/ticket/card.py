@@ -6,18 +6,18 @@ canonical `model_cards/ticket_card.md` (a test keeps them equal), so it is found
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .constants import LIBRARY_NAME, TICKET_CARD_TAGS, TICKET_CARD_TEMPLATE
+from ..constants import LIBRARY_NAME, TICKET_CARD_TAGS, TICKET_CARD_TEMPLATE
+from .config import TicketConfig
+from .figures import mask_figures
 from .history import main_metric
-
-if TYPE_CHECKING:
-    from .hub import TicketConfig
-    from .masks import TicketMask
 
 # Architecture suffix -> (pipeline tag, Auto class of the usage snippet).
 _HEADS = (
@@ -96,7 +96,7 @@ def card_data(config: TicketConfig, model_name: str, has_weights: bool = False) 
 
 
 def render_ticket_card(
-    mask: TicketMask,
+    mask: Mapping[str, torch.Tensor],
     *,
     config: TicketConfig | None = None,
     repo_id: str | None = None,
@@ -106,7 +106,7 @@ def render_ticket_card(
     """Render the ticket's model card.
 
     Args:
-        mask ([`TicketMask`]): the ticket.
+        mask ([`TicketMask`] or `Mapping[str, torch.Tensor]`): the ticket's mask.
         config ([`TicketConfig`], *optional*): its config; default read from `mask.metadata`.
         repo_id (`str`, *optional*): the Hub repository, for the title and the usage snippet.
         plot (`str`, *optional*): file name of the metric-vs-sparsity plot in the same folder.
@@ -115,9 +115,7 @@ def render_ticket_card(
     Returns:
         `huggingface_hub.ModelCard`: `str(card)` is the `README.md` text.
     """
-    from .hub import TicketConfig
-
-    config = config or TicketConfig.from_metadata(mask.metadata)
+    config = config or TicketConfig.from_metadata(getattr(mask, "metadata", {}))
     model_name = (repo_id or "").split("/")[-1] or "lottery-ticket"
     base = config.base_model_name_or_path
     metric = main_metric(config.history, config.metric)
@@ -133,7 +131,8 @@ def render_ticket_card(
         }
         for r in config.history
     ]
-    report = mask.report()
+    report = mask_figures(mask)
+    total = report["__total__"]
     layers = [
         {
             "name": name,
@@ -157,10 +156,10 @@ def render_ticket_card(
         task=config.task,
         dataset=config.dataset,
         pruning_method=config.pruning_method,
-        num_params=f"{mask.num_params:,}",
-        num_kept=f"{mask.num_kept:,}",
-        density_pct=_pct(mask.density),
-        sparsity_pct=_pct(mask.sparsity),
+        num_params=f"{total['numel']:,}",
+        num_kept=f"{total['kept']:,}",
+        density_pct=_pct(1.0 - total["sparsity"]),
+        sparsity_pct=_pct(total["sparsity"]),
         metric_label=metric.removeprefix("eval_") if metric else "metric",
         rounds=rounds,
         plot=plot,

@@ -1,6 +1,6 @@
 """Loading and saving shrunk models through the stock `from_pretrained` / `save_pretrained`.
 
-On import of `hf_lottery.structured`, [`install_hooks`] wraps two `PreTrainedModel` methods:
+`import hf_lottery` calls [`install_hooks`] (one visible line in its `__init__`), which wraps two `PreTrainedModel` methods:
 
 - `post_init` (run at the end of every model's `__init__`, inside `from_pretrained` before any weight is loaded):
   when the config records `pruned_heads` / `pruned_neurons` and the family has a layout, the freshly built skeleton
@@ -24,8 +24,8 @@ from typing import Any
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from .remote import prepare_auto_map, write_modeling_file
-from .shrink import apply_config_structure_
+from ..structured.remote import prepare_auto_map, write_modeling_file
+from ..structured.shrink import apply_config_structure_
 
 logger = logging.get_logger(__name__)
 

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
+from ..constants import ROUND_DIR_TEMPLATE
+from ..ticket.config import TicketConfig
+from ..ticket.history import main_metric
+from ..ticket.mask import TicketMask
+from ..utils.parameters import is_peft_model, named_parameters
 from .arguments import LotteryArguments
 from .checks import as_initial_mask, check_datasets, check_resumed_schedule
-from .constants import LOTTERY_HISTORY_NAME, ROUND_DIR_TEMPLATE, SPARSITY_PLOT_NAME
-from .distributed import broadcast_weights_, check_distributed_setup, sync_mask
+from .distributed import broadcast_weights_, check_distributed_setup
 from .enforcement import MaskEnforcerCallback
-from .history import main_metric, plot_history, write_history
-from .hub import TicketConfig
-from .masks import TicketMask
-from .peft_utils import is_peft_model, named_parameters
-from .pruning import prune_with_arguments
 from .resume import TrainLossCarry, last_complete_checkpoint
+from .rounds import LotteryRounds, ticket_beside_weights
 from .run_state import RunState, load_weights_, snapshot_weights
-from .scoring import scoring_spec
-from .selection import prunable_parameters
-from .structured.imp import compact_by_mask, prune_structured, removed_groups, structured_parameters
 
 logger = logging.get_logger(__name__)
 
@@ -40,10 +35,8 @@ class _RewindPointCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        trainer = self.trainer
-        if trainer.lottery_round == 0 and args.rewind == "step" and state.global_step == args.rewind_step:
-            trainer._rewind_weights = snapshot_weights(trainer.model)
-            trainer._run_state.save_rewind_weights(trainer._rewind_weights)
+        if self.trainer.lottery_round == 0:
+            self.trainer._rounds.capture_rewind_point(self.trainer.model, state.global_step)
 
 
 class LotteryTrainer(Trainer):
@@ -92,14 +85,11 @@ class LotteryTrainer(Trainer):
         self.add_callback(_RewindPointCallback(self))
         self.add_callback(TrainLossCarry(self))  # a resumed round reports the train_loss of an uninterrupted one
         # A sparse folder saved by hf_lottery carries its ticket: keep it (trained as it is if above the target).
-        self.initial_mask = _ticket_beside_weights(self.model) if mask is None else as_initial_mask(mask, self.args)
+        self.initial_mask = ticket_beside_weights(self.model) if mask is None else as_initial_mask(mask, self.args)
         self.ticket: TicketMask | None = None
-        self.lottery_history: list[dict[str, Any]] = []
         self.lottery_round: int | None = None
-        self._schedule: list[float] = []
-        self._theta0: dict[str, torch.Tensor] | None = None
-        self._rewind_weights: dict[str, torch.Tensor] | None = None
         self._run_state = RunState(self.args.output_dir, should_write=self.args.should_save)
+        self._rounds = LotteryRounds(self.args, self._run_state)
         self._ticket_metadata: dict[str, Any] = {}
         self._extra_ticket_metadata = dict(ticket_metadata or {})
 
@@ -109,6 +99,11 @@ class LotteryTrainer(Trainer):
         if self.lottery_round is None:
             return run_dir
         return os.path.join(run_dir, ROUND_DIR_TEMPLATE.format(round=self.lottery_round))
+
+    @property
+    def lottery_history(self) -> list[dict[str, Any]]:
+        """One record per finished round (schema: `hf_lottery.ticket.history.ROUND_RECORD_FIELDS`)."""
+        return self._rounds.history
 
     @property
     def current_mask(self) -> TicketMask | None:
@@ -146,7 +141,7 @@ class LotteryTrainer(Trainer):
         checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         while True:
             if phase == "trained":
-                if round_index + 1 >= len(self._schedule):
+                if round_index + 1 >= len(self._rounds.schedule):
                     break
                 round_index += 1
                 self._prune_for_round(round_index)
@@ -161,40 +156,26 @@ class LotteryTrainer(Trainer):
     def _start_run(self) -> tuple[int, str]:
         model = self.model
         broadcast_weights_(model)  # θ0 is the main process's: DDP only syncs the weights it wraps, in round 0.
-        self._theta0 = snapshot_weights(model)
-        self._run_state.save_theta0(self._theta0)
-        if self.initial_mask is not None:
-            mask = self.initial_mask
-            mask.validate(model)
-        elif self.args.granularity != "weight":
-            mask = TicketMask.ones_like(structured_parameters(model))
-        else:
-            mask = TicketMask.ones_like(prunable_parameters(model, self.args.prune_modules))
-        mask = sync_mask(mask)
-        self._schedule = self.args.sparsity_schedule(start=round(mask.sparsity, 10))
-        self.lottery_history = []
+        rounds = self._rounds
+        # Methods at initialization (SynFlow, HYDRA) choose the ticket once, from θ0: round 0 trains the dense
+        # baseline, round 1 trains the ticket.
+        mask = rounds.start(model, self.initial_mask, self.get_train_dataloader)
         self._describe_ticket(mask)
-        if self._at_init() and len(self._schedule) > 1:
-            # Data-free methods at initialization (SynFlow) choose the ticket once, from θ0: round 0 trains the
-            # dense baseline, round 1 trains the ticket.
-            self._schedule = [self._schedule[0], self._schedule[-1]]
-            self._run_state.save_mask(1, sync_mask(self._score_and_prune(self._schedule[1], mask, round_index=1)))
         self._set_mask(mask)
         self._run_state.save_mask(0, mask)
-        self._run_state.write(0, "prepared", self._schedule, self.lottery_history)
+        self._run_state.write(0, "prepared", rounds.schedule, rounds.history)
         self.accelerator.wait_for_everyone()
-        logger.info("Lottery schedule (sparsity per round): %s", ", ".join(f"{s:.1%}" for s in self._schedule))
+        logger.info("Lottery schedule (sparsity per round): %s", ", ".join(f"{s:.1%}" for s in rounds.schedule))
         return 0, "prepared"
 
     def _restore_run(self) -> tuple[int, str]:
         state = self._run_state.read()
         check_resumed_schedule(state["schedule"], self.args)
-        self._schedule = state["schedule"]
-        self.lottery_history = state["history"]
+        rounds = self._rounds
+        rounds.schedule = state["schedule"]
+        rounds.history = state["history"]
         round_index, phase = state["round"], state["phase"]
-        self._theta0 = self._run_state.load_theta0()
-        if self.args.rewind == "step" and self._run_state.has_rewind_weights():
-            self._rewind_weights = self._run_state.load_rewind_weights()
+        rounds.restore()
         mask = self._run_state.load_mask(round_index)
         self._describe_ticket(mask)
         if phase == "trained":
@@ -209,9 +190,9 @@ class LotteryTrainer(Trainer):
         model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         # θ0 by the names the mask uses (the model's own, also under peft)
         by_identity = {id(p): name for name, p in self.model.named_parameters()}
-        theta0 = {
-            name: self._theta0[by_identity[id(p)]] for name, p in named_parameters(self.model).items() if name in mask
-        }
+        saved = self._rounds.theta0
+        assert saved is not None
+        theta0 = {name: saved[by_identity[id(p)]] for name, p in named_parameters(self.model).items() if name in mask}
         config = TicketConfig.from_model(
             model, mask, weights=theta0, lottery_args=self.args, metric=self.args.metric_for_best_model
         )
@@ -231,16 +212,15 @@ class LotteryTrainer(Trainer):
         `AutoModel*.from_pretrained(output_dir)` loads the folder without hf_lottery; handing it back to a
         `LotteryTrainer` (or `LotteryCallback`) keeps its mask.
         """
-        if self.args.granularity != "weight" and not _internal_call and self.current_mask is not None:
+        if not _internal_call and self.current_mask is not None and self.args.should_save:
             # Structured tickets: the final model is the compacted one (checkpoints keep full shapes to resume).
-            output_dir = output_dir or self.args.output_dir
-            if self.args.should_save:
-                compact_by_mask(self.accelerator.unwrap_model(self.model), self.current_mask).save_pretrained(
-                    output_dir
-                )
+            final = self._rounds.final_model(self.accelerator.unwrap_model(self.model), self.current_mask)
+            if final is not None:
+                output_dir = output_dir or self.args.output_dir
+                final.save_pretrained(output_dir)
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
-            return
+                return
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.current_mask is not None:
             self._as_ticket(self.current_mask).save_pretrained(
@@ -249,51 +229,24 @@ class LotteryTrainer(Trainer):
                 create_card=not _internal_call,
             )
 
-    def _at_init(self) -> bool:
-        return self.args.granularity == "weight" and scoring_spec(self.args.pruning_method).at_init
-
-    def _score_and_prune(self, sparsity: float, mask: TicketMask | None, round_index: int) -> TicketMask:
-        args = self.args
-        if args.granularity != "weight":
-            extra = {"batches": self.get_train_dataloader()} if args.structured_scoring == "first_order" else {}
-            if args.structured_scoring == "random":
-                extra = {"generator": torch.Generator().manual_seed(args.seed + round_index)}
-            return prune_structured(
-                self.model,
-                sparsity,
-                args.granularity,
-                mask=mask,
-                scope=args.pruning_scope,
-                method=args.structured_scoring,
-                **extra,
-            )
-        return prune_with_arguments(self.model, args, sparsity, mask, round_index, self.get_train_dataloader)
-
     def _prune_for_round(self, round_index: int) -> None:
         """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
-        if self._at_init():
-            mask = self._run_state.load_mask(round_index)  # chosen at θ0 when the run started
-        else:
-            mask = sync_mask(self._score_and_prune(self._schedule[round_index], self.current_mask, round_index))
-            self._run_state.save_mask(round_index, mask)
-        self._run_state.write(round_index, "prepared", self._schedule, self.lottery_history)
+        rounds = self._rounds
+        mask = rounds.next_mask(self.model, round_index, self.current_mask, self.get_train_dataloader)
+        self._run_state.save_mask(round_index, mask)
+        self._run_state.write(round_index, "prepared", rounds.schedule, rounds.history)
         self.accelerator.wait_for_everyone()
         self._set_mask(mask)
 
     def _rewind(self, round_index: int) -> None:
         """Set the weights a round starts from, then zero the pruned ones."""
-        rewind = self.args.rewind
-        if round_index == 0 or rewind == "pretrained":
-            load_weights_(self.model, self._theta0)
-        elif rewind == "step":
-            if self._rewind_weights is None:
-                raise ValueError(
-                    f"rewind_step={self.args.rewind_step} was never reached: round 0 ran {self._round0_steps()} "
-                    "optimizer steps. Choose a smaller rewind_step."
-                )
-            load_weights_(self.model, self._rewind_weights)
-        else:  # "lr" and "none" keep the trained weights of the previous round.
-            load_weights_(self.model, self._run_state.load_trained(round_index - 1))
+        weights = self._rounds.rewind_weights(
+            round_index,
+            lambda: self._run_state.load_trained(round_index - 1),  # "lr" and "none" keep the trained weights
+            steps_run=f"round 0 ran {self._round0_steps()}",
+        )
+        if weights is not None:
+            load_weights_(self.model, weights)
         self._enforcer.enforcer.zero_weights()
 
     def _round0_steps(self) -> int | str:
@@ -314,7 +267,7 @@ class LotteryTrainer(Trainer):
         logger.info(
             "Lottery round %d/%d: sparsity %.1f%% (%s)%s",
             round_index,
-            len(self._schedule) - 1,
+            len(self._rounds.schedule) - 1,
             100 * self.current_mask.sparsity,
             "dense" if round_index == 0 else f"rewind={args.rewind}",
             f", resuming from {checkpoint}" if checkpoint else "",
@@ -327,22 +280,20 @@ class LotteryTrainer(Trainer):
             )
         metrics = self._round_metrics(ignore_keys_for_eval)
         mask = self.current_mask
-        record = {
-            "round": round_index,
-            "sparsity": mask.sparsity,
-            "target_sparsity": self._schedule[round_index],
-            "metrics": metrics,
-            "train_loss": output.training_loss,
-            "steps": self.state.global_step,
-            "seconds": round(time.time() - started, 3),
-            "tensor_sparsity": {name: row["sparsity"] for name, row in mask.report().items() if name != "__total__"},
-        }
-        if args.granularity != "weight":
-            removed = removed_groups(self.accelerator.unwrap_model(self.model), mask)
-            record["removed_groups"] = {kind: sum(len(v) for v in layers.values()) for kind, layers in removed.items()}
-        self.lottery_history = [r for r in self.lottery_history if r["round"] != round_index] + [record]
+        rounds = self._rounds
+        earlier = sum(r["steps"] for r in rounds.history if r["round"] < round_index)
+        rounds.record(
+            round_index,
+            self.accelerator.unwrap_model(self.model),
+            mask,
+            metrics=metrics,
+            train_loss=output.training_loss,
+            steps=self.state.global_step,
+            total_steps=earlier + self.state.global_step,
+            seconds=time.time() - started,
+        )
         self._run_state.save_trained(round_index, snapshot_weights(self.model))
-        self._run_state.write(round_index, "trained", self._schedule, self.lottery_history)
+        self._run_state.write(round_index, "trained", rounds.schedule, rounds.history)
         self._write_history()
         self.accelerator.wait_for_everyone()
         self.ticket = self._as_ticket(mask)
@@ -372,28 +323,11 @@ class LotteryTrainer(Trainer):
         return _temporarily(args, overrides)
 
     def _write_history(self) -> None:
-        if not self.args.should_save:
-            return
-        out = Path(self.args.output_dir)
-        write_history(out / LOTTERY_HISTORY_NAME, self.lottery_history)
-        plot_history(out / SPARSITY_PLOT_NAME, self.lottery_history, self.args.metric_for_best_model)
+        self._rounds.write_history(self.args.output_dir, self.args.should_save, self.args.metric_for_best_model)
 
     def lottery_metric(self) -> str | None:
         """Name of the eval metric tracked against sparsity."""
         return main_metric(self.lottery_history, self.args.metric_for_best_model)
-
-
-def _ticket_beside_weights(model) -> TicketMask | None:
-    """The ticket saved with a sparse model folder the model was loaded from, if any."""
-    folder = getattr(model, "name_or_path", None)
-    if not folder or not os.path.isdir(folder):
-        return None
-    mask = TicketMask.from_model_folder(folder)
-    if mask is not None:
-        logger.info(
-            "Found a ticket beside the weights in %s (sparsity %.1f%%); keeping it.", folder, 100 * mask.sparsity
-        )
-    return mask
 
 
 class _temporarily:

@@ -45,8 +45,8 @@ import torch
 import zstandard
 from safetensors import safe_open
 
-from .constants import MASK_FORMAT_KEY, MASK_FORMAT_VERSION, MASK_METADATA_KEY
-from .io_utils import save_tensors
+from ..constants import MASK_FORMAT_KEY, MASK_FORMAT_VERSION, MASK_METADATA_KEY
+from ..utils.io import save_tensors
 
 CODECS = ("bits", "zstd", "rice")
 ZSTD_LEVEL = 3  # higher levels gain little on masks (rice covers the sparse end) and encode 10-100x slower

@@ -16,95 +16,18 @@ other LoRA variant.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "apply_ticket_to_peft",
-    "is_peft_model",
-    "merge_and_unload_sparse",
-    "named_parameters",
-    "original_parameter_name",
-    "remove_ticket_from_peft",
-]
+from ..ticket.mask import TicketMask
+from ..utils.parameters import is_peft_model, original_parameter_name, peft_root_and_adapter_names
+
+__all__ = ["apply_ticket_to_peft", "merge_and_unload_sparse", "remove_ticket_from_peft", "sync_lora_masks"]
 
 _KEEP_ATTRIBUTE = "_hf_lottery_keep"  # on a LoRA layer: the bool mask of its base weight, on the weight's device
-
-
-# -- Names ---------------------------------------------------------------------------------------------------------
-def is_peft_model(model: nn.Module) -> bool:
-    """True if `model` is a `peft.PeftModel` or holds peft adapter layers."""
-    if "peft" not in sys.modules:  # nothing can be a peft model before peft is imported
-        return False
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules())
-
-
-def _peft_root_and_adapter_names(model: nn.Module) -> tuple[nn.Module, set[str]]:
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    root = model.get_base_model() if isinstance(model, PeftModel) else model
-    adapter_names = {"original_module"}  # modules_to_save keeps a frozen copy of the original module
-    for module in root.modules():
-        if isinstance(module, BaseTunerLayer):
-            adapter_names.update(module.adapter_layer_names)
-    return root, adapter_names
-
-
-def original_parameter_name(name: str, adapter_layer_names: set[str] | frozenset[str] = frozenset()) -> str | None:
-    """The name a parameter has in the model without peft, or None for adapter weights.
-
-    `name` is relative to the base model (`PeftModel.get_base_model()`): `...query.base_layer.weight` ->
-    `...query.weight`; the trainable copy of a `modules_to_save` module (`classifier.modules_to_save.default.weight`)
-    -> `classifier.weight`; anything under one of `adapter_layer_names` (`lora_A`, `lora_B`, ...) or a
-    `modules_to_save` frozen copy (`original_module`) -> None.
-    """
-    parts = name.split(".")
-    out: list[str] = []
-    i = 0
-    while i < len(parts):
-        part = parts[i]
-        if part in adapter_layer_names or part.startswith("lora_"):
-            return None
-        if part == "modules_to_save":
-            i += 2  # "modules_to_save.<adapter name>"
-            continue
-        if part != "base_layer":
-            out.append(part)
-        i += 1
-    return ".".join(out)
-
-
-def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """`{name: parameter}` with the names of the model without peft (adapter weights left out).
-
-    For a model without peft adapters this is `dict(model.named_parameters())`.
-    """
-    if not is_peft_model(model):
-        return dict(model.named_parameters())
-    root, adapter_names = _peft_root_and_adapter_names(model)
-    named: dict[str, nn.Parameter] = {}
-    for name, param in root.named_parameters():
-        original = original_parameter_name(name, adapter_names)
-        if original is not None:
-            named[original] = param
-    return named
-
-
-def original_names(model: nn.Module, names: list[str]) -> list[str]:
-    """Map parameter names found by walking `model`'s modules to the original names (identity without peft)."""
-    if not is_peft_model(model):
-        return names
-    _, adapter_names = _peft_root_and_adapter_names(model)
-    mapped = (original_parameter_name(name, adapter_names) for name in names)
-    return list(dict.fromkeys(name for name in mapped if name is not None))
 
 
 # -- Masked LoRA updates -------------------------------------------------------------------------------------------
@@ -163,7 +86,7 @@ def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     """`{original name of the base weight: LoRA layer}` for every LoRA layer of `model`."""
     from peft.tuners.lora import LoraLayer
 
-    root, adapter_names = _peft_root_and_adapter_names(model)
+    root, adapter_names = peft_root_and_adapter_names(model)
     layers = {}
     for name, module in root.named_modules():
         if isinstance(module, LoraLayer):
@@ -249,8 +172,6 @@ def apply_ticket_to_peft(peft_model: nn.Module, ticket: Mapping[str, torch.Tenso
         >>> merged = merge_and_unload_sparse(peft_model, ticket)   # a plain model, exactly ticket.sparsity
         ```
     """
-    from .masks import TicketMask
-
     ticket = ticket if isinstance(ticket, TicketMask) else TicketMask(ticket)
     ticket.apply_(peft_model)  # validates (original names) and zeroes the pruned base weights
     sync_lora_masks(peft_model, ticket)
@@ -283,8 +204,6 @@ def merge_and_unload_sparse(
     Returns:
         `nn.Module`: the base model with the adapters merged, weights zero wherever `ticket` is False.
     """
-    from .masks import TicketMask
-
     ticket = ticket if isinstance(ticket, TicketMask) else TicketMask(ticket)
     ticket.validate(peft_model)
     merged = peft_model.merge_and_unload(safe_merge=safe_merge)

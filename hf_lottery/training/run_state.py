@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, REWIND_WEIGHTS_NAME, ROUND_MASK_TEMPLATE, THETA0_NAME
-from .io_utils import load_tensors, save_tensors, write_json
-from .masks import TicketMask
+from ..constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, REWIND_WEIGHTS_NAME, ROUND_MASK_TEMPLATE, THETA0_NAME
+from ..ticket.mask import TicketMask
+from ..utils.io import load_tensors, save_tensors, write_json
 
 STATE_FORMAT_VERSION = 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .masks import TicketMask
+from ..ticket.mask import TicketMask
 
 __all__ = ["as_initial_mask", "check_datasets", "check_resumed_schedule"]
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .masks import TicketMask
-from .selection import default_prunable_names
+from ..ticket.mask import TicketMask
+from ..utils.parameters import default_prunable_names
 
 logger = logging.get_logger(__name__)
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from transformers.utils import logging
 
-from .masks import TicketMask
+from ..ticket.mask import TicketMask
 
 logger = logging.get_logger(__name__)
 

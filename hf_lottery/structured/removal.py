@@ -9,12 +9,11 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from ..types import SCOPES
 from .gates import GroupScores
 from .surgery import prune_heads, prune_neurons
 
 logger = logging.get_logger(__name__)
-
-_SCOPES = ("global", "layer")
 
 
 def _candidates(scores: Mapping[int, torch.Tensor]) -> dict[int, list[tuple[float, int]]]:
@@ -67,8 +66,8 @@ def select_structures(
         `dict[int, list[int]]`: `{layer: sorted original indices}` to pass to `prune_heads` / `prune_neurons`; layers
         with nothing to remove are omitted. Ties are broken by layer, then index.
     """
-    if scope not in _SCOPES:
-        raise ValueError(f"`scope` must be one of {_SCOPES}, got {scope!r}.")
+    if scope not in SCOPES:
+        raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
     if isinstance(min_remaining, bool) or not isinstance(min_remaining, int) or min_remaining < 0:
         raise ValueError(f"`min_remaining` must be a non-negative int, got {min_remaining!r}.")
     candidates = _candidates(scores)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .constants import SAFETENSORS_METADATA, TENSOR_ORDER_METADATA_KEY
+from ..constants import SAFETENSORS_METADATA, TENSOR_ORDER_METADATA_KEY
 
 
 @contextlib.contextmanager
@@ -56,3 +57,49 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if sorted(names) != sorted(tensors):
         return tensors
     return {name: tensors[name] for name in names}
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextlib.contextmanager
+def staging_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside `target`, removed on exit (after its files were moved, or on error)."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} exists and is not a folder.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the renamed folder should not be
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def commit_folder(staging: Path, target: Path, *, remove: Iterable[str] = (), last: str | None = None) -> None:
+    """Move the files of `staging` into `target`: one rename for a new folder, else file by file.
+
+    In an existing folder, the files named in `remove` that `staging` does not hold are deleted, and `last` (the
+    file that makes the folder valid, e.g. a config recording the other files' digests) is replaced last.
+    """
+    for path in staging.iterdir():  # temporary files are created private (mkstemp); give them the usual mode
+        if path.is_file():
+            os.chmod(path, 0o666 & ~_umask())
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    names = sorted(p.name for p in staging.iterdir())
+    for name in names:
+        if (staging / name).is_dir():
+            raise ValueError(f"Unexpected folder {name!r} in a checkpoint; cannot merge it into {target}.")
+    for name in [n for n in names if n != last]:
+        os.replace(staging / name, target / name)
+    for name in [n for n in remove if n not in names]:
+        with contextlib.suppress(FileNotFoundError):
+            (target / name).unlink()
+    if last in names:
+        os.replace(staging / last, target / last)

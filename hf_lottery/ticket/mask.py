@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .peft_utils import named_parameters
-
-if TYPE_CHECKING:
-    from .hub import TicketConfig
+from ..utils.parameters import check_mask_fits, named_parameters
+from .config import TicketConfig
+from .figures import mask_figures
+from .fingerprint import verify_base as verify_base_weights
+from .folder import find_ticket, load_ticket, push_ticket, save_ticket
+from .sparse_model import load_base_model
 
 
 class TicketMask(Mapping[str, torch.Tensor]):
@@ -107,12 +109,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
 
     def report(self) -> dict[str, dict[str, float | int]]:
         """Per-tensor figures: `{name: {"numel", "kept", "sparsity"}}`, plus an `"__total__"` entry."""
-        rows: dict[str, dict[str, float | int]] = {}
-        for name, mask in self._masks.items():
-            kept = int(mask.sum())
-            rows[name] = {"numel": mask.numel(), "kept": kept, "sparsity": 1.0 - kept / max(mask.numel(), 1)}
-        rows["__total__"] = {"numel": self.num_params, "kept": self.num_kept, "sparsity": self.sparsity}
-        return rows
+        return mask_figures(self._masks)
 
     def is_subset_of(self, other: Mapping[str, torch.Tensor]) -> bool:
         """True if every weight kept here is also kept in `other` (masks are nested)."""
@@ -125,20 +122,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
         Raises:
             `ValueError`: naming the first parameter that is missing or whose shape differs.
         """
-        params = named_parameters(model)  # original names, also under peft
-        for name, mask in self._masks.items():
-            if name not in params:
-                near = [p for p in params if p.endswith(name) or name.endswith(p)]
-                hint = f" Did you mean {near[0]!r}?" if near else ""
-                raise ValueError(
-                    f"The ticket masks parameter {name!r}, which {type(model).__name__} does not have.{hint} "
-                    "The ticket was found on a model with other parameter names; load it onto the same architecture."
-                )
-            if tuple(params[name].shape) != tuple(mask.shape):
-                raise ValueError(
-                    f"Shape mismatch for {name!r}: the ticket has {tuple(mask.shape)}, the model "
-                    f"{tuple(params[name].shape)}. The ticket was found on a model of another size."
-                )
+        check_mask_fits(self._masks, model)
 
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> nn.Module:
@@ -154,12 +138,10 @@ class TicketMask(Mapping[str, torch.Tensor]):
         """A plain `{name: BoolTensor}` copy."""
         return dict(self._masks)
 
-    # -- The ticket artifact (hf_lottery.hub) -----------------------------------------------------------------
+    # -- The ticket artifact (hf_lottery.ticket) --------------------------------------------------------------
     @property
     def config(self) -> TicketConfig:
         """The [`TicketConfig`] read from `metadata` (base model, fingerprint, task, method, history...)."""
-        from .hub import TicketConfig
-
         return TicketConfig.from_metadata(self.metadata)
 
     def with_metadata(self, metadata: Mapping[str, Any] | None = None, **updates: Any) -> TicketMask:
@@ -202,15 +184,15 @@ class TicketMask(Mapping[str, torch.Tensor]):
         Returns:
             `Path`: the folder.
         """
-        from .hub import push_ticket, save_ticket
-
         if push_kwargs and not push_to_hub:
             raise TypeError(f"Unexpected arguments without push_to_hub=True: {', '.join(push_kwargs)}.")
         if push_to_hub and is_main_process:
             repo_id = push_kwargs.pop("repo_id", None) or Path(save_directory).name
-            push_ticket(self, repo_id, save_directory=save_directory, **push_kwargs)
+            push_ticket(self._masks, self.metadata, repo_id, save_directory=save_directory, **push_kwargs)
             return Path(save_directory)
-        return save_ticket(self, save_directory, is_main_process=is_main_process, create_card=create_card)
+        return save_ticket(
+            self._masks, self.metadata, save_directory, is_main_process=is_main_process, create_card=create_card
+        )
 
     @classmethod
     def from_pretrained(
@@ -241,14 +223,14 @@ class TicketMask(Mapping[str, torch.Tensor]):
             `ValueError`: a damaged or truncated mask file (naming file and tensor), a config of an unknown
             format version, or config and mask that disagree. `OSError`: nothing found locally or on the Hub.
         """
-        from .hub import load_ticket
-
         if token is not None:
             hub_kwargs["token"] = token
         if cache_dir is not None:
             hub_kwargs["cache_dir"] = cache_dir
-        ticket = load_ticket(pretrained_ticket_name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs)
-        return ticket if type(ticket) is cls else cls(ticket._masks, ticket.metadata)
+        masks, config = load_ticket(
+            pretrained_ticket_name_or_path, revision=revision, subfolder=subfolder, **hub_kwargs
+        )
+        return cls(masks, metadata=config.to_dict())
 
     @classmethod
     def from_model_folder(cls, folder: str | os.PathLike) -> TicketMask | None:
@@ -257,12 +239,11 @@ class TicketMask(Mapping[str, torch.Tensor]):
         Raises:
             `ValueError`: when the ticket files are there but incomplete or damaged.
         """
-        from .hub import find_ticket
-
-        ticket = find_ticket(folder)
-        if ticket is None or type(ticket) is cls:
-            return ticket
-        return cls(ticket._masks, ticket.metadata)
+        found = find_ticket(folder)
+        if found is None:
+            return None
+        masks, config = found
+        return cls(masks, metadata=config.to_dict())
 
     def push_to_hub(
         self,
@@ -294,10 +275,9 @@ class TicketMask(Mapping[str, torch.Tensor]):
         Returns:
             `huggingface_hub.CommitInfo`: the commit.
         """
-        from .hub import push_ticket
-
         return push_ticket(
-            self,
+            self._masks,
+            self.metadata,
             repo_id,
             commit_message=commit_message,
             commit_description=commit_description,
@@ -340,6 +320,9 @@ class TicketMask(Mapping[str, torch.Tensor]):
             >>> model = ticket.load_model(AutoModelForSequenceClassification)
             ```
         """
-        from .hub import load_ticket_model
-
-        return load_ticket_model(self, model_class, base, verify_base, **from_pretrained_kwargs)
+        config = self.config
+        model = load_base_model(config, model_class, base, **from_pretrained_kwargs)
+        self.validate(model)
+        if verify_base:
+            verify_base_weights(self._masks, model, config)
+        return self.apply_(model)

@@ -1,0 +1,1 @@
+"""Pruning entry points: `prune()` (scores -> mask with a registered method) and the controls (branches)."""

@@ -1,0 +1,108 @@
+"""Sparse model folders: a standard `save_pretrained` checkpoint with the pruned weights zero and the ticket
+files beside the weights, and the base model a ticket is loaded onto."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from ..constants import SPARSITY_PLOT_NAME, TICKET_CONFIG_NAME
+from ..utils.io import commit_folder, staging_folder
+from ..utils.parameters import check_mask_fits
+from .config import TicketConfig
+from .figures import mask_figures
+from .folder import write_ticket_files
+
+logger = logging.get_logger(__name__)
+
+# Weight files of a `save_pretrained` checkpoint; stale ones are removed when a sparse model is saved over another.
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)([-.].*)?\.(safetensors|bin)(\.index\.json)?$")
+
+
+def save_sparse_model(
+    model: nn.Module,
+    mask: Mapping[str, torch.Tensor],
+    save_directory: str | os.PathLike,
+    *,
+    is_main_process: bool = True,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    create_card: bool = True,
+    **save_pretrained_kwargs: Any,
+) -> Path:
+    """Save `model` as a standard checkpoint with the pruned weights zeroed, plus the ticket files beside it.
+
+    `AutoModel*.from_pretrained(save_directory)` loads it anywhere, hf_lottery installed or not, and
+    [`TicketMask.from_model_folder`] finds the mask again. The model itself is not modified: the zeros are baked
+    into the saved state dict only.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): the model to save.
+        mask (`TicketMask` or `Mapping[str, torch.Tensor]`): the mask (True = kept); its metadata becomes the
+            ticket config.
+        save_directory (`str` or `os.PathLike`): the folder (created, or updated in place: other files stay).
+        is_main_process (`bool`, *optional*, defaults to `True`): only the main process writes.
+        state_dict (`dict`, *optional*): the state dict to save (as `save_pretrained`'s); default
+            `model.state_dict()`.
+        create_card (`bool`, *optional*, defaults to `True`): write the ticket card as `README.md`.
+        save_pretrained_kwargs: passed to `model.save_pretrained` (e.g. `max_shard_size`).
+
+    Returns:
+        `Path`: the folder.
+
+    Example:
+        ```python
+        >>> save_sparse_model(model, trainer.ticket, "out/sparse")
+        >>> AutoModelForSequenceClassification.from_pretrained("out/sparse")  # no hf_lottery needed
+        ```
+    """
+    metadata = getattr(mask, "metadata", {})
+    inner = getattr(model, "module", model)
+    check_mask_fits(mask, inner)
+    target = Path(save_directory)
+    if not is_main_process:
+        return target
+    state = dict(state_dict if state_dict is not None else inner.state_dict())
+    for name, m in mask.items():
+        if name not in state:
+            raise ValueError(f"The state dict to save has no entry {name!r}, which the ticket masks.")
+        tensor = state[name]
+        state[name] = tensor.masked_fill(~m.to(tensor.device), 0)  # +0.0, where tensor * mask gives -0.0
+    with staging_folder(target) as staging:
+        inner.save_pretrained(staging, state_dict=state, **save_pretrained_kwargs)
+        write_ticket_files(mask, metadata, staging, repo_id=None, create_card=create_card, has_weights=True)
+        written = {p.name for p in staging.iterdir()}
+        stale = [p.name for p in target.iterdir() if _WEIGHT_FILE.match(p.name)] if target.is_dir() else []
+        remove = [SPARSITY_PLOT_NAME] + [name for name in stale if name not in written]
+        commit_folder(staging, target, remove=remove, last=TICKET_CONFIG_NAME)
+    sparsity = mask_figures(mask)["__total__"]["sparsity"]
+    logger.info("Sparse model saved in %s (sparsity %.2f%% of the masked weights).", target, 100 * sparsity)
+    return target
+
+
+def load_base_model(
+    config: TicketConfig,
+    model_class: Any,
+    base: str | os.PathLike | nn.Module | None = None,
+    **from_pretrained_kwargs: Any,
+) -> nn.Module:
+    """The base model a ticket masks: `base` itself if it is a model, else `model_class.from_pretrained` of `base`
+    or of the recorded base (at the recorded revision), with the recorded `model_kwargs` as defaults."""
+    if isinstance(base, nn.Module):
+        model = base
+    else:
+        path = base if base is not None else config.base_model_name_or_path
+        if not path:
+            raise ValueError("The ticket does not record its base model; pass `base=` (a Hub id or a local folder).")
+        if base is None and config.revision and "revision" not in from_pretrained_kwargs:
+            from_pretrained_kwargs["revision"] = config.revision
+        for key, value in config.model_kwargs.items():
+            from_pretrained_kwargs.setdefault(key, value)
+        model = model_class.from_pretrained(path, **from_pretrained_kwargs)
+    return model

@@ -1,0 +1,19 @@
+"""The choices users pick from, and the shared defaults: one place for arguments, algorithms and checks."""
+
+from __future__ import annotations
+
+# Pruning (selector, prune(), LotteryArguments)
+SCOPES = ("global", "layer")  # one threshold over all prunable weights, or each tensor alike
+COLLAPSE_POLICIES = ("redistribute", "warn", "error")  # a tensor pushed past max_tensor_sparsity
+DEFAULT_MAX_TENSOR_SPARSITY = 0.9
+
+# The lottery run (LotteryArguments, the round engine)
+PRUNING_RATE_OF = ("original", "remaining")
+REWIND_MODES = ("pretrained", "step", "lr", "none")
+GRANULARITIES = ("weight", "head", "neuron", "head+neuron")
+STRUCTURED_SCORINGS = ("magnitude", "first_order", "random")
+
+# Scoring methods' defaults (their `{method}_*` fields of LotteryArguments)
+DEFAULT_SYNFLOW_ITERATIONS = 100
+HYDRA_OPTIMIZERS = ("adam", "sgd")
+DEFAULT_HYDRA_LEARNING_RATE = 0.01

@@ -1,0 +1,1 @@
+"""Shared helpers with no knowledge of tickets or training: atomic files, parameters by name."""
