@@ -11,7 +11,6 @@ DEFAULT_MAX_TENSOR_SPARSITY = 0.9
 PRUNING_RATE_OF = ("original", "remaining")
 REWIND_MODES = ("pretrained", "step", "lr", "none")
 GRANULARITIES = ("weight", "head", "neuron", "head+neuron")
-STRUCTURED_SCORINGS = ("magnitude", "first_order", "random")
 
 # Scoring methods' defaults (their `{method}_*` fields of LotteryArguments)
 DEFAULT_SYNFLOW_ITERATIONS = 100

@@ -16,6 +16,7 @@ from .scores import (
     gate_scores,
     magnitude_scores,
     random_scores,
+    register_structure_scoring,
     score_structures,
 )
 from .surgery import prune_heads, prune_neurons, pruned_structure, structure_counts
@@ -39,6 +40,7 @@ __all__ = [
     "prune_neurons",
     "pruned_structure",
     "random_scores",
+    "register_structure_scoring",
     "register_layout",
     "score_structures",
     "select_below",

@@ -24,6 +24,23 @@ logger = logging.get_logger(__name__)
 StructureScores = dict[str, GroupScores]
 
 
+STRUCTURE_SCORERS: dict[str, Callable[..., StructureScores]] = {}
+"""Scorers by name; each takes the model first and returns `{"heads": ..., "neurons": ...}`."""
+
+
+def register_structure_scoring(name: str) -> Callable[[Callable[..., StructureScores]], Callable[..., StructureScores]]:
+    """Decorator registering a group scorer under `name` (`LotteryArguments(structured_scoring=name)`), as
+    `hf_lottery.scoring.register_scoring` does for weight scores."""
+
+    def decorator(fn: Callable[..., StructureScores]) -> Callable[..., StructureScores]:
+        if name in STRUCTURE_SCORERS:
+            raise ValueError(f"A structure scoring method named {name!r} is already registered.")
+        STRUCTURE_SCORERS[name] = fn
+        return fn
+
+    return decorator
+
+
 def _full(total: int, ids: list[int], values: torch.Tensor) -> torch.Tensor:
     scores = torch.full((total,), math.nan)
     scores[ids] = values.detach().float().cpu()
@@ -192,12 +209,9 @@ def gate_scores(gates: StructureGates) -> StructureScores:
     return {kind: {layer: v.clamp(0.0, 1.0) for layer, v in s.items()} for kind, s in scores.items()}
 
 
-STRUCTURE_SCORERS: dict[str, Callable[..., StructureScores]] = {
-    "magnitude": magnitude_scores,
-    "first_order": first_order_scores,
-    "random": random_scores,
-}
-"""Scorers by name; each takes the model first and returns `{"heads": ..., "neurons": ...}`."""
+register_structure_scoring("magnitude")(magnitude_scores)
+register_structure_scoring("first_order")(first_order_scores)
+register_structure_scoring("random")(random_scores)
 
 
 def score_structures(model: PreTrainedModel, method: str = "magnitude", **kwargs: Any) -> StructureScores:

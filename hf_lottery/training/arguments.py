@@ -16,7 +16,6 @@ from ..types import (
     PRUNING_RATE_OF,
     REWIND_MODES,
     SCOPES,
-    STRUCTURED_SCORINGS,
 )
 from .schedule import sparsity_schedule
 
@@ -132,7 +131,6 @@ class LotteryArguments(TrainingArguments):
         metadata={
             "help": "Group score for structured granularities: 'magnitude' (norm of the group's weights), "
             "'first_order' (|dL/dgate| over the train data, Michel et al. 2019) or 'random'.",
-            "choices": list(STRUCTURED_SCORINGS),
         },
     )
     # Settings of one scoring method are named `{method}_{kwarg}` (scoring_kwargs_from_args passes them on).
@@ -185,9 +183,8 @@ class LotteryArguments(TrainingArguments):
         _choices("pruning_scope", self.pruning_scope, SCOPES)
         _choices("on_tensor_collapse", self.on_tensor_collapse, COLLAPSE_POLICIES)
         _choices("granularity", self.granularity, GRANULARITIES)
-        _choices("structured_scoring", self.structured_scoring, STRUCTURED_SCORINGS)
-        # pruning_method is checked against the scoring registry when a run starts (the round engine): the
-        # arguments know the choices of fixed sets only, never the algorithms.
+        # pruning_method and structured_scoring are checked against their registries when a run is set up (the
+        # round engine): the arguments know fixed choices only, never the algorithms.
         if self.rewind == "step":
             if self.rewind_step is None or self.rewind_step < 0:
                 raise ValueError(

@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from ..constants import LOTTERY_HISTORY_NAME, SPARSITY_PLOT_NAME
 from ..scoring import registered_methods
+from ..structured.scores import STRUCTURE_SCORERS
 from ..ticket.history import plot_history, write_history
 from ..ticket.mask import TicketMask
 from .distributed import sync_mask
@@ -37,11 +38,15 @@ def check_lottery_arguments(args: Any) -> None:
     choices only).
 
     Raises:
-        `ValueError`: an unknown `pruning_method`, naming the registered ones.
+        `ValueError`: an unknown `pruning_method` or `structured_scoring`, naming the registered ones.
     """
-    if args.pruning_method not in registered_methods():
-        accepted = ", ".join(map(repr, registered_methods()))
-        raise ValueError(f"pruning_method={args.pruning_method!r} is not valid; accepted values: {accepted}.")
+    for name, value, registered in (
+        ("pruning_method", args.pruning_method, registered_methods()),
+        ("structured_scoring", args.structured_scoring, sorted(STRUCTURE_SCORERS)),
+    ):
+        if value not in registered:
+            accepted = ", ".join(map(repr, registered))
+            raise ValueError(f"{name}={value!r} is not valid; accepted values: {accepted}.")
 
 
 def ticket_beside_weights(model: nn.Module) -> TicketMask | None:
