@@ -13,9 +13,9 @@ from torch import nn
 from ..utils.parameters import check_mask_fits, named_parameters
 from .config import TicketConfig
 from .figures import mask_figures
-from .fingerprint import verify_base as verify_base_weights
 from .folder import find_ticket, load_ticket, push_ticket, save_ticket
 from .sparse_model import load_base_model
+from .sparse_model import verify_base as verify_base_weights
 
 
 class TicketMask(Mapping[str, torch.Tensor]):

@@ -18,6 +18,7 @@ from ..utils.io import commit_folder, staging_folder
 from ..utils.parameters import check_mask_fits
 from .config import TicketConfig
 from .figures import mask_figures
+from .fingerprint import tensor_digest
 from .folder import write_ticket_files
 
 logger = logging.get_logger(__name__)
@@ -106,3 +107,34 @@ def load_base_model(
             from_pretrained_kwargs.setdefault(key, value)
         model = model_class.from_pretrained(path, **from_pretrained_kwargs)
     return model
+
+
+def verify_base(mask: Mapping[str, torch.Tensor], model: nn.Module, config: TicketConfig) -> None:
+    """Check that `model` holds the θ0 the ticket was found on (its fingerprint).
+
+    Raises:
+        `ValueError`: naming the first prunable tensor whose weights differ.
+    """
+    recorded = {e.get("name"): e.get("sha256") for e in config.prunable_parameters}
+    if not config.base_fingerprint or any(not recorded.get(name) for name in mask):
+        logger.warning("The ticket records no fingerprint of its base weights; the base model cannot be verified.")
+        return
+    params = dict(model.named_parameters())
+    differing = [name for name in mask if tensor_digest(params[name]) != recorded[name]]
+    if not differing:
+        return
+    name = differing[0]
+    dtype = params[name].dtype
+    hint = (
+        f" The model holds {dtype} weights: if the ticket was found in float32, load it with dtype=torch.float32."
+        if dtype != torch.float32
+        else ""
+    )
+    found_on = config.base_model_name_or_path or "an unrecorded base"
+    found_on += f" (revision {config.revision})" if config.revision else ""
+    raise ValueError(
+        f"The base weights differ from those the ticket was found on: {len(differing)} of {len(mask)} prunable "
+        f"tensors differ, first {name!r} (sha256 {tensor_digest(params[name])[:12]}… vs {recorded[name][:12]}… "
+        f"recorded). The ticket was found on {found_on}.{hint} Load that base, or pass verify_base=False to "
+        "apply the mask anyway."
+    )

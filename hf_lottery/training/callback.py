@@ -132,8 +132,9 @@ class LotteryCallback(TrainerCallback):
                 f"rewind_step={self.lottery_args.rewind_step} was never reached: the first pruning comes after "
                 f"{self._interval} optimizer steps. Choose a smaller rewind_step (or a larger pruning_interval_steps)."
             )
-        self._level = self._level_of(mask)
-        self._level_start = (self._level * self._interval if state.global_step else 0, time.time())
+        # A checkpoint at a level boundary was saved before that level's pruning (done as the next step begins).
+        self._level = min(max(state.global_step - 1, 0) // self._interval, levels)
+        self._level_start = (self._level * self._interval, time.time())
         self._enforcer.set_mask(model, mask, optimizer)
         self.ticket = mask
 
@@ -185,13 +186,9 @@ class LotteryCallback(TrainerCallback):
         if self._interval <= 0 or state.global_step == 0 or state.global_step % self._interval:
             return None
         level = state.global_step // self._interval
-        if not 0 < level < len(rounds.schedule) or self.ticket.sparsity >= rounds.schedule[level] - 1e-9:
+        if not 0 < level < len(rounds.schedule) or level <= self._level:
             return None
         return level
-
-    def _level_of(self, mask: TicketMask) -> int:
-        reached = [i for i, s in enumerate(self._rounds.schedule) if mask.sparsity >= s - 1e-9]
-        return reached[-1] if reached else 0
 
     def _record_level(self, args, state, model) -> None:
         start_step, started = self._level_start
