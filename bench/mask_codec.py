@@ -2,7 +2,7 @@
 
 For each sparsity s in 10%..99%, a mask over the 73 prunable tensors of BERT-base (85.5M weights: Q, K, V,
 attention output, intermediate and output of 12 layers, and the pooler) is saved with
-`hf_lottery.serialization.save_masks` and read back with `load_masks`. Two kinds of masks:
+`hf_lottery.ticket.codec.save_masks` and read back with `load_masks`. Two kinds of masks:
 
 - `iid`: every tensor pruned independently at random at exactly s (the worst case for the codec: no structure);
 - `magnitude`: global magnitude pruning of synthetic weights with a different scale per tensor and per row, so
@@ -166,7 +166,7 @@ def main() -> None:
         text = f"""# Mask codec benchmark (`bench/mask_codec.py`)
 
 Masks over the {len(shapes)} prunable tensors of BERT-base ({n:,} weights), saved with
-`hf_lottery.serialization.save_masks` (per tensor the smallest of packed bits, packed bits + zstd, and Rice-coded
+`hf_lottery.ticket.codec.save_masks` (per tensor the smallest of packed bits, packed bits + zstd, and Rice-coded
 gaps) and read back with `load_masks` (file read, digest checks, decoding, `torch.bool` tensors). The bound is
 Σ n_t·H(s_t)/8 over tensors; "file" is the whole safetensors file, headers included. Decode time is the best
 of {args.repeats} reads.
