@@ -276,11 +276,14 @@ def save_outputs(trainer) -> None:
 def format_history(records: list[dict[str, Any]], metric: str | None) -> str:
     """A plain-text table of the rounds."""
     name = (metric or "eval_loss").removeprefix("eval_")
-    lines = [f"{'round':>5}  {'sparsity':>8}  {name:>12}  {'steps':>6}  {'seconds':>8}"]
+    lines = [f"{'round':>5}  {'sparsity':>8}  {name:>12}  {'steps':>6}  {'total':>7}  {'seconds':>8}"]
     for r in records:
         value = r["metrics"].get(metric) if metric else None
         shown = f"{value:12.4f}" if isinstance(value, (int, float)) else f"{'-':>12}"
-        lines.append(f"{r['round']:>5}  {100 * r['sparsity']:7.1f}%  {shown}  {r['steps']:>6}  {r['seconds']:8.1f}")
+        total = r.get("total_steps", "-")
+        lines.append(
+            f"{r['round']:>5}  {100 * r['sparsity']:7.1f}%  {shown}  {r['steps']:>6}  {total:>7}  {r['seconds']:8.1f}"
+        )
     return "\n".join(lines)
 
 

@@ -17,6 +17,8 @@ REWIND_WEIGHTS_NAME = "rewind_weights.safetensors"
 ROUND_MASK_TEMPLATE = "mask_round_{round}.safetensors"
 ROUND_DIR_TEMPLATE = "round_{round}"
 TICKET_DIR_NAME = "ticket"
+EARLY_BIRD_STATE_NAME = "early_bird_state.safetensors"  # in each checkpoint folder of an early-bird round
+CALLBACK_MASK_NAME = "lottery_callback_mask.safetensors"  # LotteryCallback: the mask, in each checkpoint folder
 
 SAFETENSORS_METADATA = {"format": "pt"}
 

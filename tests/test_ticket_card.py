@@ -152,3 +152,13 @@ def test_template_is_found_from_a_wheel(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rendered" in run.stdout
+
+
+def test_the_card_says_what_the_ticket_cost():
+    # HISTORY predates `total_steps`: the card sums `steps` (9 per round); a recorded total is shown as recorded.
+    text = str(render_ticket_card(make_ticket()))
+    assert "took 27 optimizer steps" in text
+    assert "| 2 | 36.00% | 36.00% | 0.5500 | – | 9 | 27 |" in text
+    early = [dict(r, total_steps=t, steps=s) for r, s, t in zip(HISTORY, [9, 3, 9], [9, 12, 21])]
+    text = str(render_ticket_card(make_ticket(history=early)))
+    assert "took 21 optimizer steps" in text and "| 1 | 20.00% | 20.00% | 0.5700 | – | 3 | 12 |" in text

@@ -95,6 +95,19 @@ def card_data(config: TicketConfig, model_name: str, has_weights: bool = False) 
     )
 
 
+def _cumulative_steps(history: list[dict[str, Any]]) -> list[int | None]:
+    """Optimizer steps of the run up to each round: `total_steps`, or the running sum of `steps` for histories
+    written before records carried it."""
+    totals: list[int | None] = []
+    running: int | None = 0
+    for record in history:
+        steps = record.get("steps")
+        running = running + steps if running is not None and isinstance(steps, int) else None
+        recorded = record.get("total_steps")
+        totals.append(recorded if isinstance(recorded, int) else running)
+    return totals
+
+
 def render_ticket_card(
     mask: Mapping[str, torch.Tensor],
     *,
@@ -119,6 +132,7 @@ def render_ticket_card(
     model_name = (repo_id or "").split("/")[-1] or "lottery-ticket"
     base = config.base_model_name_or_path
     metric = main_metric(config.history, config.metric)
+    total_steps = _cumulative_steps(config.history)
     rounds = [
         {
             "round": r.get("round", "–"),
@@ -127,10 +141,12 @@ def render_ticket_card(
             "metric": _num(r.get("metrics", {}).get(metric)) if metric else "–",
             "train_loss": _num(r.get("train_loss")),
             "steps": _num(r.get("steps")),
+            "total_steps": _num(total),
             "seconds": _num(r.get("seconds"), 1),
         }
-        for r in config.history
+        for r, total in zip(config.history, total_steps)
     ]
+    seconds = [r.get("seconds") for r in config.history if isinstance(r.get("seconds"), (int, float))]
     report = mask_figures(mask)
     total = report["__total__"]
     layers = [
@@ -162,6 +178,8 @@ def render_ticket_card(
         sparsity_pct=_pct(total["sparsity"]),
         metric_label=metric.removeprefix("eval_") if metric else "metric",
         rounds=rounds,
+        cost_steps=_num(total_steps[-1] if total_steps else None),
+        cost_seconds=_num(sum(seconds) if seconds else None, 1),
         plot=plot,
         layers=layers,
         lottery_args=sorted(config.lottery_args.items()),

@@ -21,8 +21,9 @@ ROUND_RECORD_FIELDS = {
     "seconds": "float: wall time of the round",
     "tensor_sparsity": "dict: per masked tensor, the fraction pruned",
     "removed_groups": "dict, structured granularities only: heads and neurons removed in total",
+    "early_bird": "dict, early-bird rounds only: stopped_at_step (None: trained to the end) and the mask distances",
 }
-REQUIRED_RECORD_FIELDS = tuple(name for name in ROUND_RECORD_FIELDS if name != "removed_groups")
+REQUIRED_RECORD_FIELDS = tuple(name for name in ROUND_RECORD_FIELDS if name not in ("removed_groups", "early_bird"))
 
 _NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
 

@@ -170,6 +170,32 @@ class LotteryArguments(TrainingArguments):
         },
     )
 
+    early_bird_interval_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Early-bird rounds (off by default): every this many optimizer steps a round computes the mask it "
+            "would produce, and stops once consecutive masks differ by less than early_bird_threshold for "
+            "early_bird_patience checks. The final round (the ticket) always trains to the end."
+        },
+    )
+    early_bird_threshold: float = field(
+        default=0.01,
+        metadata={
+            "help": "Early-bird rounds: normalised Hamming distance between consecutive masks that counts as "
+            "unchanged (fraction of the masked weights)."
+        },
+    )
+    early_bird_patience: int = field(
+        default=3, metadata={"help": "Early-bird rounds: checks in a row below early_bird_threshold before stopping."}
+    )
+    early_bird_round0: bool = field(
+        default=False,
+        metadata={
+            "help": "Early-bird rounds: stop the dense round 0 early too (its metric is then that of a shorter "
+            "training)."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.target_sparsity < 1.0:
@@ -199,6 +225,15 @@ class LotteryArguments(TrainingArguments):
         if self.pruning_interval_steps is not None and self.pruning_interval_steps <= 0:
             raise ValueError(
                 f"pruning_interval_steps must be a positive step count, got {self.pruning_interval_steps}."
+            )
+        if self.early_bird_interval_steps is not None and self.early_bird_interval_steps < 1:
+            raise ValueError(
+                f"early_bird_interval_steps must be a positive step count, got {self.early_bird_interval_steps}."
+            )
+        if not 0.0 <= self.early_bird_threshold < 1.0 or self.early_bird_patience < 1:
+            raise ValueError(
+                "early_bird_threshold must be in [0, 1) and early_bird_patience >= 1, got "
+                f"{self.early_bird_threshold} and {self.early_bird_patience}."
             )
         if self.synflow_iterations < 1:
             raise ValueError(f"synflow_iterations must be >= 1, got {self.synflow_iterations}.")

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..constants import LOTTERY_HISTORY_NAME
+from ..constants import CALLBACK_MASK_NAME, EARLY_BIRD_STATE_NAME, LOTTERY_HISTORY_NAME
 from ..ticket.mask import TicketMask
 from ..utils.io import load_tensors, save_tensors
 from .arguments import LotteryArguments
@@ -23,7 +24,7 @@ from .run_state import RunState, load_weights_
 
 logger = logging.get_logger(__name__)
 
-_CALLBACK_MASK_NAME = "lottery_callback_mask.safetensors"
+_LEVEL_KEY = "hf_lottery.level"  # mask file metadata: {"level", "start", "early_stop"} of the level being trained
 
 
 class LotteryCallback(TrainerCallback):
@@ -38,7 +39,8 @@ class LotteryCallback(TrainerCallback):
       final level is trained as long as each other level). At each level the current weights are scored, pruned
       and rewound per `args.rewind`: `"pretrained"` (to the weights at the start of the run), `"step"` (to those
       after `rewind_step` steps) or `"none"` (keep training). When an eval strategy is set, each level is
-      evaluated before it is pruned, so its record carries its own metrics.
+      evaluated before it is pruned, so its record carries its own metrics. With early-bird rounds
+      (`early_bird_interval_steps`) a level ends as soon as the mask it would produce stops changing.
 
     What one training run cannot do is refused, never done silently: `rewind="lr"` and `finetune_learning_rate`
     need a fresh optimizer and schedule per round (use [`LotteryTrainer`]).
@@ -82,6 +84,7 @@ class LotteryCallback(TrainerCallback):
         self._interval = 0
         self._level = 0
         self._level_start = (0, time.time())  # (global step, wall time) at which the current level began
+        self._early_stop = False  # the early-bird watcher ended the current level
         self._last_eval: tuple[int, dict[str, float]] = (-1, {})
 
     @property
@@ -91,7 +94,7 @@ class LotteryCallback(TrainerCallback):
     # -- events -----------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         check_distributed_setup(args)
-        resumed_mask = self._mask_from_checkpoint(args, state)
+        resumed_mask, level_state = self._mask_from_checkpoint(args, state)
         if self.fixed_mask:
             self._enforcer.set_mask(model, resumed_mask or self._initial_mask, optimizer)
             return
@@ -99,7 +102,7 @@ class LotteryCallback(TrainerCallback):
             # Restarting from a dense mask would silently undo the pruning already in the checkpoint's weights.
             raise ValueError(
                 f"Resuming gradual IMP at step {state.global_step}, but {args.output_dir}/{PREFIX_CHECKPOINT_DIR}-"
-                f"{state.global_step} has no {_CALLBACK_MASK_NAME} (the run was killed while saving, or the "
+                f"{state.global_step} has no {CALLBACK_MASK_NAME} (the run was killed while saving, or the "
                 "checkpoint is not in output_dir). Delete that checkpoint folder to resume from the previous one."
             )
         run_state = RunState(args.output_dir, should_write=args.should_save)
@@ -132,16 +135,31 @@ class LotteryCallback(TrainerCallback):
                 f"rewind_step={self.lottery_args.rewind_step} was never reached: the first pruning comes after "
                 f"{self._interval} optimizer steps. Choose a smaller rewind_step (or a larger pruning_interval_steps)."
             )
-        # A checkpoint at a level boundary was saved before that level's pruning (done as the next step begins).
-        self._level = min(max(state.global_step - 1, 0) // self._interval, levels)
-        self._level_start = (self._level * self._interval, time.time())
+        if level_state is not None:
+            self._level, start, self._early_stop = (
+                level_state["level"],
+                level_state["start"],
+                level_state["early_stop"],
+            )
+        else:  # a checkpoint at a level boundary is saved before that level's pruning (done as the next step begins)
+            self._level = min(max(state.global_step - 1, 0) // self._interval, levels)
+            start, self._early_stop = self._level * self._interval, False
+        self._level_start = (start, time.time())
+        rounds.early_bird.reset()
+        watcher_file = self._checkpoint(args, state) / EARLY_BIRD_STATE_NAME
+        if state.global_step > 0 and watcher_file.is_file():
+            rounds.early_bird.load(watcher_file)
         self._enforcer.set_mask(model, mask, optimizer)
         self.ticket = mask
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.fixed_mask or self._rounds is None:
             return
-        self._rounds.capture_rewind_point(model, state.global_step)
+        rounds = self._rounds
+        rounds.capture_rewind_point(model, state.global_step)
+        batches = lambda: kwargs.get("train_dataloader") or []  # noqa: E731
+        if rounds.early_bird_check(model, self._level, self.ticket, state.global_step, batches):
+            self._early_stop = True
         if self._due_level(state) is not None and args.eval_strategy != "no":
             control.should_evaluate = True  # the finishing level's metrics, before it is pruned
 
@@ -158,8 +176,9 @@ class LotteryCallback(TrainerCallback):
             load_weights_(model, weights)
         self._enforcer.set_mask(model, mask, optimizer)
         self.ticket = mask
-        self._level = level
+        self._level, self._early_stop = level, False
         self._level_start = (state.global_step, time.time())
+        rounds.early_bird.reset()
         logger.info("LotteryCallback: pruned to %.1f%% at step %d.", 100 * mask.sparsity, state.global_step)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -172,7 +191,11 @@ class LotteryCallback(TrainerCallback):
         if args.should_save and self.ticket is not None:
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             if os.path.isdir(folder):
-                save_tensors(os.path.join(folder, _CALLBACK_MASK_NAME), self.ticket.to_dict())
+                level = {"level": self._level, "start": self._level_start[0], "early_stop": self._early_stop}
+                metadata = {_LEVEL_KEY: json.dumps(level)}
+                save_tensors(os.path.join(folder, CALLBACK_MASK_NAME), self.ticket.to_dict(), metadata=metadata)
+                if self._rounds is not None and self._rounds.early_bird_active(self._level):
+                    self._rounds.early_bird.save(os.path.join(folder, EARLY_BIRD_STATE_NAME))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.fixed_mask and self._rounds is not None and state.global_step > self._level_start[0]:
@@ -182,13 +205,12 @@ class LotteryCallback(TrainerCallback):
     # -- helpers ----------------------------------------------------------------------------------------------
     def _due_level(self, state) -> int | None:
         """The level the run must prune to now (at a level boundary, not yet reached), or None."""
-        rounds = self._rounds
-        if self._interval <= 0 or state.global_step == 0 or state.global_step % self._interval:
+        level = self._level + 1
+        if state.global_step == 0 or level >= len(self._rounds.schedule):
             return None
-        level = state.global_step // self._interval
-        if not 0 < level < len(rounds.schedule) or level <= self._level:
-            return None
-        return level
+        if self._early_stop or state.global_step >= self._level_start[0] + self._interval:
+            return level
+        return None
 
     def _record_level(self, args, state, model) -> None:
         start_step, started = self._level_start
@@ -218,8 +240,25 @@ class LotteryCallback(TrainerCallback):
         return [r for r in records if isinstance(r, dict) and r.get("total_steps", global_step + 1) <= global_step]
 
     @staticmethod
-    def _mask_from_checkpoint(args, state) -> TicketMask | None:
+    def _checkpoint(args, state) -> Path:
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+    @classmethod
+    def _mask_from_checkpoint(cls, args, state) -> tuple[TicketMask | None, dict[str, Any] | None]:
+        """The mask saved in the checkpoint being resumed, and the level it was training (None for checkpoints of
+        hf_lottery 0.1.0, which did not record it)."""
         if state.global_step == 0:
-            return None
-        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / _CALLBACK_MASK_NAME
-        return TicketMask(load_tensors(path)) if path.is_file() else None
+            return None, None
+        path = cls._checkpoint(args, state) / CALLBACK_MASK_NAME
+        if not path.is_file():
+            return None, None
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get(_LEVEL_KEY)
+        level = None
+        if recorded is not None:
+            try:
+                raw = json.loads(recorded)
+                level = {"level": int(raw["level"]), "start": int(raw["start"]), "early_stop": bool(raw["early_stop"])}
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError(f"{path}: the recorded level ({_LEVEL_KEY!r}) is unreadable ({err}).") from None
+        return TicketMask(load_tensors(path)), level

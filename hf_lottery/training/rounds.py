@@ -20,11 +20,12 @@ from torch import nn
 from transformers.utils import logging
 
 from ..constants import LOTTERY_HISTORY_NAME, SPARSITY_PLOT_NAME
-from ..scoring import registered_methods
+from ..scoring import registered_methods, scoring_spec
 from ..structured.scores import STRUCTURE_SCORERS
 from ..ticket.history import plot_history, write_history
 from ..ticket.mask import TicketMask
 from .distributed import sync_mask
+from .early_bird import EarlyBird
 from .granularity import Batches, granularity_for
 from .run_state import RunState, snapshot_weights
 
@@ -47,6 +48,13 @@ def check_lottery_arguments(args: Any) -> None:
         if value not in registered:
             accepted = ", ".join(map(repr, registered))
             raise ValueError(f"{name}={value!r} is not valid; accepted values: {accepted}.")
+    if args.early_bird_interval_steps is not None and args.granularity == "weight":
+        if scoring_spec(args.pruning_method).at_init:
+            raise ValueError(
+                f"early_bird_interval_steps needs a method that prunes trained weights; pruning_method="
+                f"{args.pruning_method!r} chooses the ticket once at θ0. Use magnitude (or random), or unset "
+                "early_bird_interval_steps."
+            )
 
 
 def ticket_beside_weights(model: nn.Module) -> TicketMask | None:
@@ -80,6 +88,7 @@ class LotteryRounds:
         self.theta0: dict[str, torch.Tensor] | None = None
         self.step_weights: dict[str, torch.Tensor] | None = None
         self.ticket_at_init: TicketMask | None = None
+        self.early_bird = EarlyBird(args.early_bird_threshold, args.early_bird_patience)
 
     # -- Start ------------------------------------------------------------------------------------------------
     def prunes_at_init(self) -> bool:
@@ -168,6 +177,22 @@ class LotteryRounds:
             return self.step_weights
         return trained_previous() if trained_previous is not None else None
 
+    def early_bird_active(self, index: int) -> bool:
+        """Whether round (level) `index` may end early: early-bird rounds are on and it is not the last one."""
+        args = self.args
+        if args.early_bird_interval_steps is None or index + 1 >= len(self.schedule):
+            return False
+        return index > 0 or args.early_bird_round0
+
+    def early_bird_check(
+        self, model: nn.Module, index: int, mask: TicketMask, step: int, batches: Batches = _NO_BATCHES
+    ) -> bool:
+        """At a check step of an early-bird round: score the mask the round would produce now; True to stop."""
+        if not self.early_bird_active(index) or step % self.args.early_bird_interval_steps:
+            return False
+        would = self.granularity.prune(model, self.args, self.schedule[index + 1], mask, index + 1, batches)
+        return self.early_bird.check(would, step)
+
     def record(
         self,
         index: int,
@@ -193,6 +218,8 @@ class LotteryRounds:
             "tensor_sparsity": {name: row["sparsity"] for name, row in mask.report().items() if name != "__total__"},
             **self.granularity.record_fields(model, mask),
         }
+        if self.early_bird_active(index):
+            record["early_bird"] = self.early_bird.summary()
         self.history = [r for r in self.history if r["round"] != index] + [record]
         return record
 

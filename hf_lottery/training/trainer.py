@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
-from ..constants import ROUND_DIR_TEMPLATE
+from ..constants import EARLY_BIRD_STATE_NAME, ROUND_DIR_TEMPLATE
 from ..ticket.config import TicketConfig
 from ..ticket.history import main_metric
 from ..ticket.mask import TicketMask
@@ -37,6 +38,42 @@ class _RewindPointCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.trainer.lottery_round == 0:
             self.trainer._rounds.capture_rewind_point(self.trainer.model, state.global_step)
+
+
+class _EarlyBirdCallback(TrainerCallback):
+    """Ends a round once the mask it would produce stops changing (early-bird rounds); its state travels in the
+    round's checkpoints."""
+
+    def __init__(self, trainer: LotteryTrainer):
+        self.trainer = trainer
+
+    def _state_file(self, step: int) -> Path:
+        folder = Path(self.trainer._get_output_dir(None)) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        return folder / EARLY_BIRD_STATE_NAME
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        watcher = self.trainer._rounds.early_bird
+        watcher.reset()
+        if state.global_step > 0 and self._state_file(state.global_step).is_file():
+            watcher.load(self._state_file(state.global_step))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        index = trainer.lottery_round
+        if index is not None and trainer._rounds.early_bird_check(
+            trainer.model, index, trainer.current_mask, state.global_step, trainer.get_train_dataloader
+        ):
+            logger.info(
+                "Lottery round %d: the mask stopped changing; early-bird stop at step %d.", index, state.global_step
+            )
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer.lottery_round is not None and trainer._rounds.early_bird_active(trainer.lottery_round):
+            path = self._state_file(state.global_step)
+            if args.should_save and path.parent.is_dir():
+                trainer._rounds.early_bird.save(path)
 
 
 class LotteryTrainer(Trainer):
@@ -83,6 +120,7 @@ class LotteryTrainer(Trainer):
         self._enforcer = MaskEnforcerCallback()
         self.add_callback(self._enforcer)
         self.add_callback(_RewindPointCallback(self))
+        self.add_callback(_EarlyBirdCallback(self))
         self.add_callback(TrainLossCarry(self))  # a resumed round reports the train_loss of an uninterrupted one
         # A sparse folder saved by hf_lottery carries its ticket: keep it (trained as it is if above the target).
         self.initial_mask = ticket_beside_weights(self.model) if mask is None else as_initial_mask(mask, self.args)
