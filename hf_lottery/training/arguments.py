@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..types import (
+    AUTO_TENSOR_SPARSITY,
     COLLAPSE_POLICIES,
     DEFAULT_HYDRA_LEARNING_RATE,
     DEFAULT_MAX_TENSOR_SPARSITY,
@@ -23,6 +24,20 @@ from .schedule import sparsity_schedule
 def _choices(name: str, value: object, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise ValueError(f"{name}={value!r} is not valid; accepted values: {', '.join(map(repr, accepted))}.")
+
+
+def _tensor_sparsity_cap(value: float | str | None) -> float | str | None:
+    """`max_tensor_sparsity` as given in Python or on the command line (where every value arrives as text)."""
+    if isinstance(value, str) and value != AUTO_TENSOR_SPARSITY:
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(
+                f"max_tensor_sparsity must be a fraction in (0, 1] or {AUTO_TENSOR_SPARSITY!r}, got {value!r}."
+            ) from None
+    if value is not None and value != AUTO_TENSOR_SPARSITY and not 0.0 < value <= 1.0:
+        raise ValueError(f"max_tensor_sparsity must be in (0, 1] or {AUTO_TENSOR_SPARSITY!r}, got {value}.")
+    return value
 
 
 @dataclass
@@ -92,11 +107,13 @@ class LotteryArguments(TrainingArguments):
             "intermediate, output, and the pooler); never embeddings, LayerNorm, biases or the task head."
         },
     )
-    max_tensor_sparsity: float | None = field(
+    max_tensor_sparsity: float | str | None = field(
         default=DEFAULT_MAX_TENSOR_SPARSITY,
         metadata={
             "help": "Layer-collapse guard: the most any one tensor may be pruned (global pruning empties tensors "
-            "with small weights, e.g. MiniLM's pooler). Set to 1.0 to disable."
+            "with small weights, e.g. MiniLM's pooler). 'auto': every tensor keeps a density of at least "
+            "min(0.1, half the overall density), i.e. a 0.9 cap up to 80 percent sparsity, 0.975 at 95 percent, "
+            "0.995 at 99 percent. A fraction in (0, 1] is a fixed cap; 1.0 disables the guard."
         },
     )
     on_tensor_collapse: str = field(
@@ -192,8 +209,7 @@ class LotteryArguments(TrainingArguments):
                 )
         elif self.rewind_step is not None:
             raise ValueError(f"rewind_step is only used with rewind='step', not rewind={self.rewind!r}.")
-        if self.max_tensor_sparsity is not None and not 0.0 < self.max_tensor_sparsity <= 1.0:
-            raise ValueError(f"max_tensor_sparsity must be in (0, 1], got {self.max_tensor_sparsity}.")
+        self.max_tensor_sparsity = _tensor_sparsity_cap(self.max_tensor_sparsity)
         if self.finetune_learning_rate is not None and self.finetune_learning_rate <= 0:
             raise ValueError(f"finetune_learning_rate must be > 0, got {self.finetune_learning_rate}.")
         if self.pruning_interval_steps is not None and self.pruning_interval_steps <= 0:
