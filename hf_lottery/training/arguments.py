@@ -186,6 +186,29 @@ class LotteryArguments(TrainingArguments):
             "help": "pruning_method='hydra', hydra_adversarial: ascent steps (forward/backward runs) per batch."
         },
     )
+    # Knowledge distillation (training/distillation.py).
+    distill_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distillation loss in [0, 1]: loss = (1 - distill_alpha) * task loss + "
+            "distill_alpha * distillation loss, in training only. 0 disables distillation."
+        },
+    )
+    distill_temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "Softmax temperature of the distillation KL (classification; the KL is scaled by its square). "
+            "Regression heads (num_labels=1) use the mean squared error of the outputs instead."
+        },
+    )
+    distill_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher of the distillation: a local folder or Hub id loaded with the student's model class, "
+            "used from round 0 on. Default: the dense model trained in round 0, frozen, used from round 1 on "
+            "(LotteryTrainer; LotteryCallback needs a teacher given)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -228,6 +251,21 @@ class LotteryArguments(TrainingArguments):
                 "hydra_adversarial_epsilon must be > 0 and hydra_adversarial_steps >= 1, got "
                 f"{self.hydra_adversarial_epsilon} and {self.hydra_adversarial_steps}."
             )
+
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must be in [0, 1] (0 disables distillation), got {self.distill_alpha}.")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}.")
+        if self.distill_teacher is not None and self.distill_alpha == 0.0:
+            raise ValueError(
+                f"distill_teacher={self.distill_teacher!r} is set but distill_alpha=0 turns distillation off; set "
+                "distill_alpha (e.g. 0.5) or drop distill_teacher."
+            )
+
+    @property
+    def distills(self) -> bool:
+        """True when the training loss includes knowledge distillation (`distill_alpha > 0`)."""
+        return self.distill_alpha > 0.0
 
     def sparsity_schedule(self, start: float = 0.0) -> list[float]:
         """Sparsity of each round, round 0 (dense, or `start` for an already sparse model) first."""
