@@ -230,6 +230,17 @@ def test_callback_distills_through_compute_loss_func(tmp_path):
         assert bool(dict(trainer.model.named_parameters())[name][~keep].eq(0).all()), name
 
 
+def test_callback_distills_during_gradual_imp(tmp_path):
+    lottery = _args(tmp_path / "kd", target_sparsity=0.1, pruning_interval_steps=1)
+    callback = LotteryCallback(lottery, teacher=tiny_model(seed=11))
+    trainer = _plain_trainer(tmp_path / "kd", callback, compute_loss_func=callback.compute_loss_func)
+    trainer.train()
+    assert callback._distiller.calls == trainer.state.global_step
+    assert callback.ticket.sparsity == pytest.approx(0.1, abs=1e-3)  # pruned after step 1, step 2 distilled too
+    teacher = callback._distiller.teacher
+    assert not any(bool(p.eq(0).any()) for p in teacher.parameters() if p.dim() == 2)  # the teacher is not pruned
+
+
 def test_callback_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="teacher you give"):
         LotteryCallback(_args(tmp_path))
