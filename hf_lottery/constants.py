@@ -14,6 +14,7 @@ LOTTERY_STATE_DIR = "lottery_state"
 LOTTERY_STATE_NAME = "state.json"
 THETA0_NAME = "theta0.safetensors"
 REWIND_WEIGHTS_NAME = "rewind_weights.safetensors"
+TEACHER_NAME = "teacher.safetensors"  # the round-0 dense model distilled from (distill_alpha > 0)
 ROUND_MASK_TEMPLATE = "mask_round_{round}.safetensors"
 ROUND_DIR_TEMPLATE = "round_{round}"
 TICKET_DIR_NAME = "ticket"

@@ -9,13 +9,60 @@ import torch
 from transformers.utils import logging
 
 from .ticket.mask import TicketMask
-from .types import COLLAPSE_POLICIES, SCOPES
+from .types import (
+    AUTO_MIN_TENSOR_DENSITY,
+    AUTO_RELATIVE_TENSOR_DENSITY,
+    AUTO_TENSOR_SPARSITY,
+    COLLAPSE_POLICIES,
+    SCOPES,
+)
 
 logger = logging.get_logger(__name__)
 
 
 class LayerCollapseError(ValueError):
-    """Raised when pruning would push a tensor past `max_tensor_sparsity` and the policy is `"error"`."""
+    """Raised when pruning would push a tensor past `max_tensor_sparsity` and the policy is `"error"`, or when the
+    requested sparsity cannot be reached without doing so."""
+
+
+def resolve_max_tensor_sparsity(max_tensor_sparsity: float | str | None, sparsity: float) -> float | None:
+    """The per-tensor cap the guard applies to a request for `sparsity`.
+
+    Args:
+        max_tensor_sparsity (`float`, `"auto"` or `None`): a fixed cap in (0, 1]; `None` disables the guard;
+            `"auto"` keeps every tensor at a density of at least `min(0.1, 0.5 * (1 - sparsity))`, i.e. the cap
+            is `max(0.9, 1 - 0.5 * (1 - sparsity))`: 0.9 up to 80 % overall, 0.95 at 90 %, 0.975 at 95 %, 0.995
+            at 99 %.
+        sparsity (`float`): the overall sparsity requested.
+
+    Returns:
+        `float` or `None`: the most any single tensor may be pruned.
+    """
+    if max_tensor_sparsity is None:
+        return None
+    if isinstance(max_tensor_sparsity, str):
+        if max_tensor_sparsity != AUTO_TENSOR_SPARSITY:
+            raise ValueError(
+                f"max_tensor_sparsity must be a fraction in (0, 1] or None (or {AUTO_TENSOR_SPARSITY!r}), got "
+                f"{max_tensor_sparsity!r}."
+            )
+        return 1.0 - min(AUTO_MIN_TENSOR_DENSITY, AUTO_RELATIVE_TENSOR_DENSITY * (1.0 - sparsity))
+    if isinstance(max_tensor_sparsity, bool) or not isinstance(max_tensor_sparsity, (int, float)):
+        raise TypeError(
+            f"max_tensor_sparsity must be a float, {AUTO_TENSOR_SPARSITY!r} or None, got "
+            f"{type(max_tensor_sparsity).__name__}."
+        )
+    if not 0.0 < max_tensor_sparsity <= 1.0:
+        raise ValueError(
+            f"max_tensor_sparsity must be in (0, 1] or None (or {AUTO_TENSOR_SPARSITY!r}), got {max_tensor_sparsity}."
+        )
+    return float(max_tensor_sparsity)
+
+
+def _guard_name(max_tensor_sparsity: float | str | None, cap: float | None) -> str:
+    if max_tensor_sparsity == AUTO_TENSOR_SPARSITY:
+        return f"max_tensor_sparsity={AUTO_TENSOR_SPARSITY!r} (a cap of {cap:.4g} at this sparsity)"
+    return f"max_tensor_sparsity={max_tensor_sparsity}"
 
 
 def _prune_lowest(flat_scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -60,7 +107,7 @@ def select_mask(
     sparsity: float,
     scope: str = "global",
     mask: Mapping[str, torch.Tensor] | None = None,
-    max_tensor_sparsity: float | None = None,
+    max_tensor_sparsity: float | str | None = None,
     on_tensor_collapse: str = "redistribute",
 ) -> TicketMask:
     """Keep the highest-scoring weights so that `sparsity` of all scored weights is pruned.
@@ -72,8 +119,9 @@ def select_mask(
             `round(sparsity * numel)` in each tensor.
         scope (`str`): `"global"` (one threshold across tensors) or `"layer"` (the same sparsity per tensor).
         mask (`Mapping`, *optional*): the current mask; its pruned weights stay pruned.
-        max_tensor_sparsity (`float`, *optional*): the most any single tensor may be pruned. Global pruning can
-            empty a tensor whose weights are small (layer collapse); `None` disables the guard.
+        max_tensor_sparsity (`float` or `"auto"`, *optional*): the most any single tensor may be pruned. Global
+            pruning can empty a tensor whose weights are small (layer collapse); `None` disables the guard, `"auto"`
+            follows the request (see [`resolve_max_tensor_sparsity`]).
         on_tensor_collapse (`str`): what to do when a tensor would pass `max_tensor_sparsity`: `"redistribute"`
             caps it and prunes the difference elsewhere (global scope), `"warn"` logs a warning and allows it,
             `"error"` raises [`LayerCollapseError`].
@@ -89,8 +137,8 @@ def select_mask(
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
     if on_tensor_collapse not in COLLAPSE_POLICIES:
         raise ValueError(f"on_tensor_collapse must be one of {COLLAPSE_POLICIES}, got {on_tensor_collapse!r}.")
-    if max_tensor_sparsity is not None and not 0.0 < max_tensor_sparsity <= 1.0:
-        raise ValueError(f"max_tensor_sparsity must be in (0, 1] or None, got {max_tensor_sparsity}.")
+    guard = max_tensor_sparsity
+    max_tensor_sparsity = resolve_max_tensor_sparsity(guard, sparsity)
     names = list(scores)
     for n in names:
         if torch.isnan(scores[n]).any():
@@ -119,7 +167,9 @@ def select_mask(
         target = {n: max(round(sparsity * numel[n]), already[n]) for n in names}
         over = [n for n in names if target[n] > cap[n]]
         if over:
-            _collapse(over, target, numel, max_tensor_sparsity, on_tensor_collapse, can_redistribute=False)
+            _collapse(
+                over, target, numel, _guard_name(guard, max_tensor_sparsity), on_tensor_collapse, sparsity, False
+            )
         keep = {
             n: _prune_lowest(_masked_flat_scores(scores[n], None if mask is None else mask[n]), target[n])
             for n in names
@@ -136,12 +186,14 @@ def select_mask(
         pruned = {n: numel[n] - int(keep[n].sum()) for n in names}
         over = [n for n in names if pruned[n] > cap[n]]
         if over and on_tensor_collapse != "redistribute":
-            _collapse(over, pruned, numel, max_tensor_sparsity, on_tensor_collapse, can_redistribute=True)
+            _collapse(over, pruned, numel, _guard_name(guard, max_tensor_sparsity), on_tensor_collapse, sparsity, True)
         elif over:
             if k > sum(cap.values()):
                 raise LayerCollapseError(
-                    f"Cannot prune {sparsity:.2%} of the weights with no tensor above max_tensor_sparsity="
-                    f"{max_tensor_sparsity}; raise max_tensor_sparsity or lower the sparsity."
+                    f"Cannot reach the requested sparsity {sparsity:.2%} ({k} of {total} weights): "
+                    f"{_guard_name(guard, max_tensor_sparsity)} lets the {len(names)} tensors lose at most "
+                    f"{sum(cap.values())} weights ({sum(cap.values()) / total:.2%}), each rounded down to whole "
+                    "weights; raise max_tensor_sparsity (None disables the guard) or lower the sparsity."
                 )
             fixed: dict[str, int] = {}
             pool = list(names)
@@ -167,14 +219,16 @@ def _collapse(
     over: list[str],
     pruned: Mapping[str, int],
     numel: Mapping[str, int],
-    cap: float | None,
+    guard: str,
     policy: str,
+    sparsity: float,
     can_redistribute: bool,
 ) -> None:
     worst = max(over, key=lambda n: pruned[n] / numel[n])
     message = (
-        f"Pruning would remove {pruned[worst] / numel[worst]:.1%} of {worst!r} (and {len(over) - 1} more tensors "
-        f"above max_tensor_sparsity={cap}); a nearly empty tensor cuts the network (layer collapse)."
+        f"Pruning to the requested sparsity {sparsity:.2%} would remove {pruned[worst] / numel[worst]:.1%} of "
+        f"{worst!r} (and {len(over) - 1} more tensors above {guard}); a nearly empty tensor cuts the network "
+        "(layer collapse)."
     )
     if policy == "warn":
         logger.warning(message)

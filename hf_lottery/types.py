@@ -5,7 +5,15 @@ from __future__ import annotations
 # Pruning (selector, prune(), LotteryArguments)
 SCOPES = ("global", "layer")  # one threshold over all prunable weights, or each tensor alike
 COLLAPSE_POLICIES = ("redistribute", "warn", "error")  # a tensor pushed past max_tensor_sparsity
-DEFAULT_MAX_TENSOR_SPARSITY = 0.9
+# The layer-collapse guard's default, "auto": no tensor's density falls below the smaller of
+# AUTO_MIN_TENSOR_DENSITY and AUTO_RELATIVE_TENSOR_DENSITY x the overall density of the request. Up to 80 % overall
+# this is the fixed 90 % cap (MiniLM's untrained pooler keeps its largest 10 % at 50-70 %); above, the cap follows
+# the request (95 % at 90 %, 97.5 % at 95 %, 99.5 % at 99 %), so extreme targets stay reachable with every tensor
+# alive.
+AUTO_TENSOR_SPARSITY = "auto"
+AUTO_MIN_TENSOR_DENSITY = 0.1
+AUTO_RELATIVE_TENSOR_DENSITY = 0.5
+DEFAULT_MAX_TENSOR_SPARSITY = AUTO_TENSOR_SPARSITY
 
 # The lottery run (LotteryArguments, the round engine)
 PRUNING_RATE_OF = ("original", "remaining")

@@ -217,7 +217,7 @@ CASES = [
     ),
     Case(
         "prune: layer collapse",
-        lambda t: prune(tiny_model(), 0.95, scope="layer", on_tensor_collapse="error"),
+        lambda t: prune(tiny_model(), 0.95, scope="layer", max_tensor_sparsity=0.9, on_tensor_collapse="error"),
         LayerCollapseError,
         r"Raise max_tensor_sparsity or lower the sparsity",
     ),

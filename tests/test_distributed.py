@@ -93,6 +93,17 @@ def test_lottery_callback_under_ddp(ddp_run):
     assert _all_equal(result["fixed_weights"])
 
 
+def test_distillation_under_ddp(ddp_run):
+    # The round-0 teacher is the same on every rank, as are the distilled rounds; it was written once, by rank 0.
+    result, out = ddp_run
+    assert _all_equal(result["distill_teacher"]) and _all_equal(result["distill_round_weights"])
+    assert result["distill_bad_grad_steps"] == [0, 0]
+    assert (out / "distilled" / "lottery_state" / "teacher.safetensors").is_file()
+    plain = [r["train_loss"] for r in result["history"]]
+    distilled = [r["train_loss"] for r in result["distill_history"]]
+    assert distilled[0] == plain[0] and distilled[1] != plain[1]  # round 0 trains the teacher, round 1 learns from it
+
+
 def test_ticket_matches_a_single_process_run(ddp_run, tmp_path):
     import ddp_lottery  # tests/scripts/
 

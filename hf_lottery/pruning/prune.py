@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..scoring import get_scoring, scoring_kwargs_from_args, scoring_spec
-from ..selector import select_mask
+from ..selector import LayerCollapseError, select_mask
 from ..ticket.mask import TicketMask
 from ..types import DEFAULT_MAX_TENSOR_SPARSITY
 from ..utils.parameters import named_parameters, prunable_parameters
@@ -24,7 +24,7 @@ def prune(
     mask: Mapping[str, torch.Tensor] | None = None,
     *,
     prune_modules: Sequence[str] | str | None = None,
-    max_tensor_sparsity: float | None = DEFAULT_MAX_TENSOR_SPARSITY,
+    max_tensor_sparsity: float | str | None = DEFAULT_MAX_TENSOR_SPARSITY,
     on_tensor_collapse: str = "redistribute",
     seed: int = 0,
     **method_kwargs: Any,
@@ -43,8 +43,10 @@ def prune(
             its keys define the prunable set.
         prune_modules (`str` or `list[str]`, *optional*): regexes over parameter names when `mask` is not
             given; `None` = the BERT-Tickets default set (encoder Linears and pooler).
-        max_tensor_sparsity (`float`, *optional*, defaults to 0.9): no tensor is pruned beyond this (layer
-            collapse guard, see `on_tensor_collapse`); `None` disables it.
+        max_tensor_sparsity (`float` or `"auto"`, *optional*, defaults to `"auto"`): no tensor is pruned beyond
+            this (layer-collapse guard, see `on_tensor_collapse`); `None` disables it. `"auto"` keeps every tensor
+            at a density of at least `min(10%, half the overall density)`: a 0.9 cap up to 80 % sparsity, 0.975
+            at 95 %, 0.995 at 99 % (see [`~hf_lottery.selector.resolve_max_tensor_sparsity`]).
         on_tensor_collapse (`str`, defaults to `"redistribute"`): `"redistribute"`, `"warn"` or `"error"`.
         seed (`int`): seed for stochastic methods (random pruning, HYDRA).
         method_kwargs: passed to the scoring method (e.g. `iterations=` for SynFlow, `dataloader=` for HYDRA).
@@ -71,9 +73,15 @@ def prune(
         select_mask, scope=scope, max_tensor_sparsity=max_tensor_sparsity, on_tensor_collapse=on_tensor_collapse
     )
     scoring = get_scoring(method)
-    scores = scoring(
-        model, parameters, mask, seed=seed, sparsity=sparsity, scope=scope, select=select, **method_kwargs
-    )
+    try:
+        scores = scoring(
+            model, parameters, mask, seed=seed, sparsity=sparsity, scope=scope, select=select, **method_kwargs
+        )
+    except LayerCollapseError as err:
+        # Iterative methods select intermediate masks on their way: name the request the user made as well.
+        raise LayerCollapseError(
+            f"prune(sparsity={sparsity}, method={method!r}) stopped at an intermediate step: {err}"
+        ) from err
     return select(scores, sparsity, mask=mask)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..types import (
+    AUTO_TENSOR_SPARSITY,
     COLLAPSE_POLICIES,
     DEFAULT_HYDRA_LEARNING_RATE,
     DEFAULT_MAX_TENSOR_SPARSITY,
@@ -23,6 +24,20 @@ from .schedule import sparsity_schedule
 def _choices(name: str, value: object, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise ValueError(f"{name}={value!r} is not valid; accepted values: {', '.join(map(repr, accepted))}.")
+
+
+def _tensor_sparsity_cap(value: float | str | None) -> float | str | None:
+    """`max_tensor_sparsity` as given in Python or on the command line (where every value arrives as text)."""
+    if isinstance(value, str) and value != AUTO_TENSOR_SPARSITY:
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(
+                f"max_tensor_sparsity must be a fraction in (0, 1] or {AUTO_TENSOR_SPARSITY!r}, got {value!r}."
+            ) from None
+    if value is not None and value != AUTO_TENSOR_SPARSITY and not 0.0 < value <= 1.0:
+        raise ValueError(f"max_tensor_sparsity must be in (0, 1] or {AUTO_TENSOR_SPARSITY!r}, got {value}.")
+    return value
 
 
 @dataclass
@@ -92,11 +107,13 @@ class LotteryArguments(TrainingArguments):
             "intermediate, output, and the pooler); never embeddings, LayerNorm, biases or the task head."
         },
     )
-    max_tensor_sparsity: float | None = field(
+    max_tensor_sparsity: float | str | None = field(
         default=DEFAULT_MAX_TENSOR_SPARSITY,
         metadata={
             "help": "Layer-collapse guard: the most any one tensor may be pruned (global pruning empties tensors "
-            "with small weights, e.g. MiniLM's pooler). Set to 1.0 to disable."
+            "with small weights, e.g. MiniLM's pooler). 'auto': every tensor keeps a density of at least "
+            "min(0.1, half the overall density), i.e. a 0.9 cap up to 80 percent sparsity, 0.975 at 95 percent, "
+            "0.995 at 99 percent. A fraction in (0, 1] is a fixed cap; 1.0 disables the guard."
         },
     )
     on_tensor_collapse: str = field(
@@ -169,6 +186,29 @@ class LotteryArguments(TrainingArguments):
             "help": "pruning_method='hydra', hydra_adversarial: ascent steps (forward/backward runs) per batch."
         },
     )
+    # Knowledge distillation (training/distillation.py).
+    distill_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distillation loss in [0, 1]: loss = (1 - distill_alpha) * task loss + "
+            "distill_alpha * distillation loss, in training only. 0 disables distillation."
+        },
+    )
+    distill_temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "Softmax temperature of the distillation KL (classification; the KL is scaled by its square). "
+            "Regression heads (num_labels=1) use the mean squared error of the outputs instead."
+        },
+    )
+    distill_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher of the distillation: a local folder or Hub id loaded with the student's model class, "
+            "used from round 0 on. Default: the dense model trained in round 0, frozen, used from round 1 on "
+            "(LotteryTrainer; LotteryCallback needs a teacher given)."
+        },
+    )
 
     early_bird_interval_steps: int | None = field(
         default=None,
@@ -218,8 +258,7 @@ class LotteryArguments(TrainingArguments):
                 )
         elif self.rewind_step is not None:
             raise ValueError(f"rewind_step is only used with rewind='step', not rewind={self.rewind!r}.")
-        if self.max_tensor_sparsity is not None and not 0.0 < self.max_tensor_sparsity <= 1.0:
-            raise ValueError(f"max_tensor_sparsity must be in (0, 1], got {self.max_tensor_sparsity}.")
+        self.max_tensor_sparsity = _tensor_sparsity_cap(self.max_tensor_sparsity)
         if self.finetune_learning_rate is not None and self.finetune_learning_rate <= 0:
             raise ValueError(f"finetune_learning_rate must be > 0, got {self.finetune_learning_rate}.")
         if self.pruning_interval_steps is not None and self.pruning_interval_steps <= 0:
@@ -247,6 +286,21 @@ class LotteryArguments(TrainingArguments):
                 "hydra_adversarial_epsilon must be > 0 and hydra_adversarial_steps >= 1, got "
                 f"{self.hydra_adversarial_epsilon} and {self.hydra_adversarial_steps}."
             )
+
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must be in [0, 1] (0 disables distillation), got {self.distill_alpha}.")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}.")
+        if self.distill_teacher is not None and self.distill_alpha == 0.0:
+            raise ValueError(
+                f"distill_teacher={self.distill_teacher!r} is set but distill_alpha=0 turns distillation off; set "
+                "distill_alpha (e.g. 0.5) or drop distill_teacher."
+            )
+
+    @property
+    def distills(self) -> bool:
+        """True when the training loss includes knowledge distillation (`distill_alpha > 0`)."""
+        return self.distill_alpha > 0.0
 
     def sparsity_schedule(self, start: float = 0.0) -> list[float]:
         """Sparsity of each round, round 0 (dense, or `start` for an already sparse model) first."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
+from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
@@ -17,6 +18,7 @@ from ..constants import CALLBACK_MASK_NAME, EARLY_BIRD_STATE_NAME, LOTTERY_HISTO
 from ..ticket.mask import TicketMask
 from ..utils.io import load_tensors, save_tensors
 from .arguments import LotteryArguments
+from .distillation import Distiller, load_teacher
 from .distributed import check_distributed_setup
 from .enforcement import MaskEnforcerCallback
 from .rounds import LotteryRounds, check_lottery_arguments, ticket_beside_weights
@@ -48,9 +50,22 @@ class LotteryCallback(TrainerCallback):
     The current mask is saved in every checkpoint folder, so `trainer.train(resume_from_checkpoint=True)`
     continues with the right mask.
 
+    Knowledge distillation (`args.distill_alpha > 0`) needs a teacher given (`teacher=` or `args.distill_teacher`:
+    one training run has no finished dense model to learn from) and the callback's loss, since a callback cannot
+    change the Trainer's loss by itself:
+
+    ```python
+    >>> callback = LotteryCallback(args, mask=ticket, teacher=dense_model)
+    >>> trainer = Trainer(model=model, args=training_args, train_dataset=train, callbacks=[callback],
+    ...                   compute_loss_func=callback.compute_loss_func)
+    ```
+    The teacher runs on the batch of every training forward pass (a forward pre-hook on the model); a run whose
+    loss never included the distillation term is stopped after its first step with an error saying so.
+
     Args:
         args (`LotteryArguments`): the lottery settings (the Trainer's own `TrainingArguments` may differ).
         mask (`TicketMask` or `Mapping[str, torch.Tensor]`, *optional*): the mask to enforce.
+        teacher (`nn.Module`, *optional*): the teacher of distillation (overrides `args.distill_teacher`).
 
     Attributes:
         ticket (`TicketMask`): the current mask.
@@ -58,7 +73,7 @@ class LotteryCallback(TrainerCallback):
             `hf_lottery.ticket.history.ROUND_RECORD_FIELDS`), also written to `output_dir/lottery_history.json`.
     """
 
-    def __init__(self, args: LotteryArguments, mask: TicketMask | None = None):
+    def __init__(self, args: LotteryArguments, mask: TicketMask | None = None, teacher: nn.Module | None = None):
         if not isinstance(args, LotteryArguments):
             raise TypeError(
                 f"LotteryCallback needs LotteryArguments, got {type(args).__name__}: "
@@ -74,6 +89,16 @@ class LotteryCallback(TrainerCallback):
                 "finetune_learning_rate sets the learning rate of the rounds after the first, which one training "
                 "run cannot change; use LotteryTrainer(rewind='none'), or leave finetune_learning_rate unset."
             )
+        if teacher is not None and not args.distills:
+            raise ValueError("A teacher was given but distill_alpha=0 turns distillation off; set distill_alpha > 0.")
+        self._teacher: nn.Module | str | None = teacher if teacher is not None else args.distill_teacher
+        if args.distills and self._teacher is None:
+            raise ValueError(
+                "LotteryCallback distills from a teacher you give (teacher=model, or distill_teacher=path or Hub id): "
+                "one training run has no finished round-0 model to learn from. Use LotteryTrainer to distill from "
+                "the round-0 dense model, or set distill_alpha=0."
+            )
+        self._distiller: Distiller | None = None
         check_lottery_arguments(args)
         self.lottery_args = args
         self.fixed_mask = mask is not None
@@ -92,8 +117,26 @@ class LotteryCallback(TrainerCallback):
         return self._rounds.history if self._rounds is not None else []
 
     # -- events -----------------------------------------------------------------------------------------------
+    def compute_loss_func(self, outputs, labels, num_items_in_batch=None):
+        """The loss to pass as `Trainer(compute_loss_func=...)` when distilling: the task loss of the model's
+        sequence-classification head mixed with the distillation loss (see
+        [`~hf_lottery.training.distillation.Distiller.compute_loss_func`])."""
+        if self._distiller is None:
+            raise ValueError(
+                "LotteryCallback.compute_loss_func is the distillation loss: it needs distill_alpha > 0 and a teacher, "
+                "and the callback in the Trainer's callbacks (its teacher is set up when training begins)."
+            )
+        return self._distiller.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         check_distributed_setup(args)
+        if self.lottery_args.distills:
+            if self._distiller is None:
+                self._distiller = Distiller.from_arguments(
+                    self.lottery_args, load_teacher(self._teacher, model), model
+                )
+            self._distiller.calls = 0
+            self._distiller.attach(model)
         resumed_mask, level_state = self._mask_from_checkpoint(args, state)
         if self.fixed_mask:
             self._enforcer.set_mask(model, resumed_mask or self._initial_mask, optimizer)
@@ -153,6 +196,12 @@ class LotteryCallback(TrainerCallback):
         self.ticket = mask
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self._distiller is not None and self._distiller.calls == 0:
+            raise RuntimeError(
+                "LotteryCallback: distill_alpha > 0, but the Trainer's loss did not include distillation in the first "
+                "step. Pass compute_loss_func=callback.compute_loss_func to the Trainer (a callback cannot change the "
+                "loss by itself), or use LotteryTrainer."
+            )
         if self.fixed_mask or self._rounds is None:
             return
         rounds = self._rounds
@@ -201,6 +250,8 @@ class LotteryCallback(TrainerCallback):
         if not self.fixed_mask and self._rounds is not None and state.global_step > self._level_start[0]:
             self._record_level(args, state, model)
         self._enforcer.on_train_end(args, state, control, model=model, **kwargs)
+        if self._distiller is not None:
+            self._distiller.detach()
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _due_level(self, state) -> int | None:

@@ -1,9 +1,9 @@
 """On-disk state of a lottery run, so that a killed run resumes where it stopped.
 
 Layout under `output_dir/lottery_state/`: `state.json` (round, phase, schedule, history), `theta0.safetensors`
-(the weights at the start of `train()`), `rewind_weights.safetensors` (rewind="step"), one
-`mask_round_{r}.safetensors` per round and `trained_round_{r}.safetensors` (weights at the end of the last
-finished round). Every file is written atomically; `state.json` is written last, so it never points at a file
+(the weights at the start of `train()`), `rewind_weights.safetensors` (rewind="step"), `teacher.safetensors`
+(the round-0 model distillation learns from), one `mask_round_{r}.safetensors` per round and
+`trained_round_{r}.safetensors` (weights at the end of the last finished round). Every file is written atomically; `state.json` is written last, so it never points at a file
 that is not complete.
 """
 
@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, REWIND_WEIGHTS_NAME, ROUND_MASK_TEMPLATE, THETA0_NAME
+from ..constants import (
+    LOTTERY_STATE_DIR,
+    LOTTERY_STATE_NAME,
+    REWIND_WEIGHTS_NAME,
+    ROUND_MASK_TEMPLATE,
+    TEACHER_NAME,
+    THETA0_NAME,
+)
 from ..ticket.mask import TicketMask
 from ..utils.io import load_tensors, save_tensors, write_json
 
@@ -126,6 +133,16 @@ class RunState:
 
     def load_rewind_weights(self) -> dict[str, torch.Tensor]:
         return self._load(REWIND_WEIGHTS_NAME)
+
+    def save_teacher(self, weights: dict[str, torch.Tensor]) -> None:
+        """The round-0 dense model distillation learns from, written once (atomically) when round 0 ends."""
+        self._save(TEACHER_NAME, weights)
+
+    def has_teacher(self) -> bool:
+        return (self.dir / TEACHER_NAME).is_file()
+
+    def load_teacher(self) -> dict[str, torch.Tensor]:
+        return self._load(TEACHER_NAME)
 
     def save_trained(self, round_index: int, weights: dict[str, torch.Tensor]) -> None:
         self._save(f"trained_round_{round_index}.safetensors", weights)

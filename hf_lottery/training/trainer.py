@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
@@ -18,6 +19,7 @@ from ..ticket.mask import TicketMask
 from ..utils.parameters import is_peft_model, named_parameters
 from .arguments import LotteryArguments
 from .checks import as_initial_mask, check_datasets, check_resumed_schedule
+from .distillation import Distiller, frozen_copy, load_teacher, logits_of
 from .distributed import broadcast_weights_, check_distributed_setup
 from .enforcement import MaskEnforcerCallback
 from .resume import TrainLossCarry, last_complete_checkpoint
@@ -91,6 +93,9 @@ class LotteryTrainer(Trainer):
             then starts at its sparsity.
         ticket_metadata (`dict`, *optional*): recorded in the ticket's config over what the trainer derives, e.g.
             `{"task": "sst2", "dataset": "nyu-mll/glue", "base_model_name_or_path": hub_id}`.
+        teacher (`nn.Module`, *optional*): the teacher of knowledge distillation (`args.distill_alpha > 0`), used
+            from round 0 on, instead of `args.distill_teacher` or the default: the dense model trained in round 0,
+            frozen and kept once in the run state (`lottery_state/teacher.safetensors`), used from round 1 on.
         All other arguments are those of [`~transformers.Trainer`]; `args` must be [`LotteryArguments`].
 
     Attributes:
@@ -100,7 +105,12 @@ class LotteryTrainer(Trainer):
     """
 
     def __init__(
-        self, *args: Any, mask: TicketMask | None = None, ticket_metadata: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        mask: TicketMask | None = None,
+        ticket_metadata: dict[str, Any] | None = None,
+        teacher: nn.Module | None = None,
+        **kwargs: Any,
     ):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if not isinstance(training_args, LotteryArguments):
@@ -130,6 +140,11 @@ class LotteryTrainer(Trainer):
         self._rounds = LotteryRounds(self.args, self._run_state)
         self._ticket_metadata: dict[str, Any] = {}
         self._extra_ticket_metadata = dict(ticket_metadata or {})
+        if teacher is not None and not self.args.distills:
+            raise ValueError("A teacher was given but distill_alpha=0 turns distillation off; set distill_alpha > 0.")
+        self._given_teacher: nn.Module | str | None = teacher if teacher is not None else self.args.distill_teacher
+        self._distiller: Distiller | None = None
+        self._teacher_weights: dict[str, Any] | None = None  # the round-0 teacher, until its Distiller is built
 
     # -- Trainer hooks ----------------------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
@@ -147,6 +162,58 @@ class LotteryTrainer(Trainer):
     def current_mask(self) -> TicketMask | None:
         """The mask being enforced now."""
         return self._enforcer.mask
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
+    ):
+        """The Trainer's loss, mixed with the distillation loss in training rounds that distill (see
+        `hf_lottery.training.distillation`); evaluation keeps the task loss."""
+        distiller = self._distiller
+        if distiller is None or not model.training:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch, **kwargs
+            )
+        teacher_logits = distiller.teacher_logits(inputs)  # before the Trainer pops the labels
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs
+        )
+        loss = distiller.mixed_loss(
+            loss, logits_of(outputs), teacher_logits, inputs, scale=self._task_loss_scale(num_items_in_batch)
+        )
+        return (loss, outputs) if return_outputs else loss
+
+    def _task_loss_scale(self, num_items_in_batch: Any) -> float:
+        """The factor `Trainer.compute_loss` multiplies the model's loss by (token averaging across processes),
+        applied to the distillation term too so that `distill_alpha` weighs the two alike."""
+        args = self.args
+        if (
+            args.average_tokens_across_devices
+            and (self.model_accepts_loss_kwargs or self.compute_loss_func)
+            and num_items_in_batch is not None
+        ):
+            return self.accelerator.num_processes // self.get_tp_size() if args.n_gpu <= 1 else args.n_gpu
+        return 1.0
+
+    def _prepare_distillation(self, round_index: int) -> None:
+        """Build the teacher a round distills from: the given one from round 0, the round-0 model after it."""
+        if not self.args.distills or self._distiller is not None:
+            return
+        student = self.accelerator.unwrap_model(self.model)
+        if self._given_teacher is not None:
+            teacher = load_teacher(self._given_teacher, student)
+        elif round_index == 0:
+            return  # the teacher is being trained
+        else:
+            weights = self._teacher_weights if self._teacher_weights is not None else self._run_state.load_teacher()
+            teacher = frozen_copy(student, weights)
+            self._teacher_weights = None
+        self._distiller = Distiller.from_arguments(self.args, teacher, student)
+        logger.info("Distilling from %s (distill_alpha=%s).", type(teacher).__name__, self.args.distill_alpha)
 
     # -- The lottery loop -------------------------------------------------------------------------------------
     def train(
@@ -311,6 +378,7 @@ class LotteryTrainer(Trainer):
             f", resuming from {checkpoint}" if checkpoint else "",
         )
         self.optimizer, self.lr_scheduler = None, None
+        self._prepare_distillation(round_index)
         started = time.time()
         with self._round_hyperparameters(round_index):
             output = super().train(
@@ -330,7 +398,12 @@ class LotteryTrainer(Trainer):
             total_steps=earlier + self.state.global_step,
             seconds=time.time() - started,
         )
-        self._run_state.save_trained(round_index, snapshot_weights(self.model))
+        trained = snapshot_weights(self.model)
+        self._run_state.save_trained(round_index, trained)
+        if round_index == 0 and self.args.distills and self._given_teacher is None:
+            # Written before state.json says round 0 is trained, so a resumed run always finds its teacher.
+            self._teacher_weights = trained
+            self._run_state.save_teacher(trained)
         self._run_state.write(round_index, "trained", rounds.schedule, rounds.history)
         self._write_history()
         self.accelerator.wait_for_everyone()

@@ -261,6 +261,19 @@ def main() -> None:
     result["fixed_optimizer_steps"] = gather(fixed_probe.steps)
     result["fixed_weights"] = gather(digest(dict(model.named_parameters())))
 
+    # 4. Distillation from the round-0 dense model: every rank holds the same teacher and the same rounds.
+    model = model_for_rank(rank)
+    trainer = LotteryTrainer(
+        model=model, args=lottery_args(str(out / "distilled"), distill_alpha=0.5), train_dataset=train
+    )
+    kd_probe = Probe(lambda: trainer.current_mask, model)
+    trainer.add_callback(kd_probe)
+    trainer.train()
+    result["distill_teacher"] = gather(digest(dict(trainer._distiller.teacher.named_parameters())))
+    result["distill_round_weights"] = gather(kd_probe.weights)
+    result["distill_bad_grad_steps"] = gather(kd_probe.bad_grads)
+    result["distill_history"] = records(trainer.lottery_history)
+
     dist.barrier()
     result["non_main_writes"] = gather(sorted(set(WRITES)))
     if rank == 0:
