@@ -23,7 +23,7 @@ from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sam
 
 from .constants import CPU_EXPORT_CONFIG_NAME
 from .deploy.export import load_for_cpu, write_speed_card
-from .deploy.speed import measure_speed
+from .deploy.speed import measure_speed, unpruned_reference
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .ticket.card import head_of, speed_markdown
 from .ticket.mask import TicketMask
@@ -316,8 +316,13 @@ class SpeedArguments:
     model_path: str = field(
         metadata={"help": "Model folder or Hub id: a CPU export (export_for_cpu), or any saved (shrunk) model."}
     )
-    reference: str | None = field(
-        default=None, metadata={"help": "Model folder or Hub id to compare with (typically the dense model)."}
+    reference: str = field(
+        default="unpruned",
+        metadata={
+            "help": "Model folder or Hub id to compare with (typically the dense model); 'unpruned': the same "
+            "architecture with nothing removed, in fp32 with random weights (latency does not depend on them); "
+            "'none': no reference."
+        },
     )
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32], metadata={"help": "Batch sizes to time."})
     seq_len: int = field(default=128, metadata={"help": "Tokens per sequence."})
@@ -349,7 +354,12 @@ def speed(argv: list[str]) -> Any:
     (args,) = HfArgumentParser(SpeedArguments).parse_args_into_dataclasses(args=argv)
     threads = [t if t == "all" else int(t) for t in args.threads]
     model = load_for_speed(args.model_path)
-    reference = load_for_speed(args.reference) if args.reference else None
+    if args.reference == "unpruned":
+        reference = unpruned_reference(model)
+    elif args.reference == "none":
+        reference = None
+    else:
+        reference = load_for_speed(args.reference)
     report = measure_speed(
         model,
         reference=reference,

@@ -23,8 +23,9 @@ from hf_lottery import (
     write_speed_card,
 )
 from hf_lottery.cli import main as cli_main
+from hf_lottery.cli import speed as cli_speed
 from hf_lottery.constants import CPU_EXPORT_CONFIG_NAME, SPEED_FIGURES_NAME, TICKET_CARD_NAME
-from hf_lottery.deploy import available_backends, read_export_config
+from hf_lottery.deploy import available_backends, read_export_config, unpruned_reference
 from hf_lottery.deploy.quantize import resolve_backend
 from hf_lottery.structured import encoder_matmul_flops
 from hf_lottery.structured.imp import compact_by_mask, prune_structured
@@ -296,3 +297,16 @@ def test_cli_speed(tmp_path, capsys):
     assert [f.batch_size for f in saved.figures] == [1, 2] and saved.figures[0].flop_ideal > 1.5
     assert "## Speed" in (tmp_path / "export" / TICKET_CARD_NAME).read_text()
     assert not (tmp_path / "dense" / SPEED_FIGURES_NAME).exists()
+
+
+def test_cli_speed_default_reference_is_the_unpruned_architecture(tmp_path, capsys):
+    model, mask = structured_ticket()
+    export_for_cpu(model, tmp_path / "export", mask=mask, quantize=None)
+    args = ["speed", str(tmp_path / "export"), "--seq_len", str(SEQ), "--batch_sizes", "2", "--threads", "1"]
+    report = cli_speed(args[1:] + ["--repeats", "1", "--warmup", "0"])
+    (figure,) = report.figures
+    exported = load_for_cpu(tmp_path / "export")
+    ideal = encoder_matmul_flops(unpruned_reference(exported), SEQ) / encoder_matmul_flops(exported, SEQ)
+    assert math.isclose(figure.flop_ideal, ideal) and ideal > 1.5
+    assert figure.reference_latency_ms > 0
+    assert "| 1 | 2 | 16 |" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from .export import (
     write_speed_card,
 )
 from .quantize import BACKEND_PREFERENCE, BACKENDS, available_backends, quantizable_linears, quantize_linears_
-from .speed import SpeedFigure, SpeedReport, cpu_model, load_average, measure_speed
+from .speed import SpeedFigure, SpeedReport, cpu_model, load_average, measure_speed, unpruned_reference
 
 __all__ = [
     "BACKENDS",
@@ -27,5 +27,6 @@ __all__ = [
     "quantizable_linears",
     "quantize_linears_",
     "read_export_config",
+    "unpruned_reference",
     "write_speed_card",
 ]

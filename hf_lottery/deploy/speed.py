@@ -6,6 +6,7 @@ the CPU model, torch version and thread counts, so that a reader can judge them.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import platform
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..structured.flops import encoder_matmul_flops
 from ..structured.layouts import find_layout
+from ..structured.shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR
 
 ALL_THREADS = "all"
 
@@ -138,6 +140,19 @@ class SpeedReport:
                 raise ValueError(f"Speed figures: {name!r} must be a string.")
         values["figures"] = figures
         return cls(**values)
+
+
+def unpruned_reference(model: nn.Module) -> nn.Module:
+    """
+    A model of `model`'s class and config with nothing removed (no `pruned_heads` / `pruned_neurons`), fp32, with
+    randomly initialised weights: a latency reference for a shrunk model when the dense one is not at hand (dense
+    fp32 latency does not depend on the weight values).
+    """
+    config = copy.deepcopy(model.config)
+    for attr in (PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR):
+        if hasattr(config, attr):
+            setattr(config, attr, {})
+    return type(model)(config).eval()
 
 
 def _inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
