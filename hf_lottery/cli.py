@@ -23,6 +23,7 @@ from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sam
 
 from .constants import CPU_EXPORT_CONFIG_NAME
 from .deploy.export import load_for_cpu, write_speed_card
+from .deploy.quantize import quantizable_linears, quantize_linears_
 from .deploy.speed import measure_speed, unpruned_reference
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .ticket.card import head_of, speed_markdown
@@ -330,6 +331,14 @@ class SpeedArguments:
         default_factory=lambda: ["1", "all"],
         metadata={"help": "torch thread counts to time with; 'all' is torch's default (one per physical core)."},
     )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "'int8': quantize the model's Linears (dynamic int8, as export_for_cpu) before timing it; the "
+            "reference stays as loaded.",
+            "choices": ["int8"],
+        },
+    )
     repeats: int = field(default=10, metadata={"help": "Timed rounds per setting (the median is kept)."})
     warmup: int = field(default=2, metadata={"help": "Untimed rounds first."})
     write_card: bool = field(
@@ -360,6 +369,8 @@ def speed(argv: list[str]) -> Any:
         reference = None
     else:
         reference = load_for_speed(args.reference)
+    if args.quantize:
+        quantize_linears_(model, quantizable_linears(model))  # Linears already int8 (an int8 export) are left
     report = measure_speed(
         model,
         reference=reference,
@@ -368,6 +379,7 @@ def speed(argv: list[str]) -> Any:
         threads=threads,
         repeats=args.repeats,
         warmup=args.warmup,
+        label=args.quantize,
     )
     print(speed_markdown(report.to_dict()))
     if args.write_card:

@@ -303,10 +303,12 @@ def test_cli_speed_default_reference_is_the_unpruned_architecture(tmp_path, caps
     model, mask = structured_ticket()
     export_for_cpu(model, tmp_path / "export", mask=mask, quantize=None)
     args = ["speed", str(tmp_path / "export"), "--seq_len", str(SEQ), "--batch_sizes", "2", "--threads", "1"]
-    report = cli_speed(args[1:] + ["--repeats", "1", "--warmup", "0"])
+    report = cli_speed(args[1:] + ["--repeats", "1", "--warmup", "0", "--quantize", "int8"])
+    assert report.label == "int8"
     (figure,) = report.figures
     exported = load_for_cpu(tmp_path / "export")
     ideal = encoder_matmul_flops(unpruned_reference(exported), SEQ) / encoder_matmul_flops(exported, SEQ)
     assert math.isclose(figure.flop_ideal, ideal) and ideal > 1.5
     assert figure.reference_latency_ms > 0
-    assert "| 1 | 2 | 16 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 1 | 2 | 16 |" in printed and "int8 model" in printed

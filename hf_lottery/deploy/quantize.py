@@ -69,7 +69,7 @@ def resolve_backend(backend: str = "auto") -> str:
 
 def quantizable_linears(model: nn.Module, patterns: Iterable[str] | None = None) -> list[str]:
     """
-    Names of the `nn.Linear` modules to quantize, in module order.
+    Names of the fp32 `nn.Linear` modules to quantize, in module order (Linears already quantized are left out).
 
     Args:
         model (`nn.Module`): the fp32 model.
@@ -78,7 +78,8 @@ def quantizable_linears(model: nn.Module, patterns: Iterable[str] | None = None)
     compiled = [re.compile(p) for p in patterns] if patterns is not None else None
     names = []
     for name, module in model.named_modules():
-        if type(module) is nn.Linear and module.in_features > 0 and module.out_features > 0:
+        plain = type(module) is nn.Linear and type(module.weight) is nn.Parameter
+        if plain and module.in_features > 0 and module.out_features > 0:
             if compiled is None or any(p.search(name) for p in compiled):
                 names.append(name)
     return names
