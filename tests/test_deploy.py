@@ -222,7 +222,14 @@ def test_speed_without_reference_and_bad_settings():
 
 @pytest.mark.parametrize(
     "bad",
-    [[], {"figures": "x", "cpu": "c", "torch_version": "t", "all_threads": 1, "repeats": 1}, {"cpu": "c"}],
+    [
+        [],
+        {"cpu": "c"},
+        {"figures": "x", "cpu": "c", "torch_version": "t", "all_threads": 1, "repeats": 1},
+        {"figures": [{"threads": 1}], "cpu": "c", "torch_version": "t", "all_threads": 1, "repeats": 1},
+        {"figures": [], "cpu": "c", "torch_version": "t", "all_threads": "2", "repeats": 1},
+        {"figures": [], "cpu": "c", "torch_version": "t", "all_threads": 2, "repeats": 1, "load_average": "high"},
+    ],
 )
 def test_speed_figures_from_untrusted_json(bad):
     with pytest.raises(ValueError, match="Speed figures"):

@@ -138,6 +138,18 @@ class SpeedReport:
         for name in ("cpu", "torch_version"):
             if not isinstance(values[name], str):
                 raise ValueError(f"Speed figures: {name!r} must be a string.")
+        for name in ("all_threads", "repeats", "model_flops", "reference_flops"):
+            value = values.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"Speed figures: {name!r} must be an integer, got {value!r}.")
+        for name in ("load_average", "load_average_after"):
+            value = values.get(name)
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+            ):
+                raise ValueError(f"Speed figures: {name!r} must be a list of numbers.")
+        if not isinstance(values.get("extra", {}), dict) or not isinstance(values.get("label") or "", str):
+            raise ValueError("Speed figures: 'extra' must be an object and 'label' a string.")
         values["figures"] = figures
         return cls(**values)
 
