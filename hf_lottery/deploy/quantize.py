@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -109,7 +110,19 @@ def quantize_linears_(model: nn.Module, names: Iterable[str], backend: str = "au
     if backend == "torch.ao":
         from torch.ao.quantization import quantize_dynamic
 
-        quantize_dynamic(model, qconfig_spec=wanted, dtype=torch.qint8, inplace=True)
+        # The deprecation is handled here (torchao is the fallback once the API is gone): say it once, not per call.
+        logger.info_once(
+            "int8 through torch.ao.quantization.quantize_dynamic, deprecated by torch; hf_lottery falls back to "
+            "torchao where torch no longer has it."
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning
+            )
+            warnings.filterwarnings(
+                "ignore", message=r"torch\.quantize_per_tensor.* are deprecated", category=UserWarning
+            )
+            quantize_dynamic(model, qconfig_spec=wanted, dtype=torch.qint8, inplace=True)
     else:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
