@@ -359,8 +359,16 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
     dense = [p["metrics_fp32"][metric] for p in rows if p["round"] == 0 and p["run"] == "structured"]
     dense = dense or [p["metrics_fp32"][metric] for p in rows if p["round"] == 0]
     threshold = statistics.mean(dense) - (statistics.stdev(dense) if len(dense) > 1 else 0.0)
+    small, big = min(args.batch_sizes), max(args.batch_sizes)
     table = []
     for p in rows:
+        counts = p.get("structure")
+        removed = (
+            f"{counts['heads']['total'] - counts['heads']['remaining']} / "
+            f"{counts['neurons']['total'] - counts['neurons']['remaining']}"
+            if counts
+            else "–"
+        )
         for name in ("fp32", "int8"):
             speed = {f["batch_size"]: f for f in p[f"speed_{name}"]}
             table.append(
@@ -369,20 +377,19 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
                     "model": f"{p['run']} r{p['round']} {name}",
                     "seed": p["seed"],
                     "sparsity": p["sparsity"],
+                    "removed": removed,
                     "metric": p[f"metrics_{name}"][metric],
-                    "b1": speed.get(1, {}).get("speedup"),
-                    "b32": speed.get(32, {}).get("speedup"),
-                    "ideal": speed.get(32, {}).get("flop_ideal"),
+                    "small": speed.get(small, {}).get("speedup"),
+                    "big": speed.get(big, {}).get("speedup"),
+                    "ideal": speed.get(big, {}).get("flop_ideal"),
                     "load": p.get("load_average"),
                 }
             )
-    big = max(args.batch_sizes)
-    key = "b32" if big == 32 else "b1"
     for row in table:
         row["pareto"] = not any(
             o["metric"] >= row["metric"]
-            and (o[key] or 0) >= (row[key] or 0)
-            and (o["metric"] > row["metric"] or (o[key] or 0) > (row[key] or 0))
+            and (o["big"] or 0) >= (row["big"] or 0)
+            and (o["metric"] > row["metric"] or (o["big"] or 0) > (row["big"] or 0))
             for o in table
         )
 
@@ -394,16 +401,18 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
         "",
         f"Dense {metric}: {fmt(statistics.mean(dense), '.4f')} over {len(dense)} seed(s); matching threshold (mean - "
         f"1 std) {fmt(threshold, '.4f')}. Speed-ups against the dense fp32 model, all threads, sequence "
-        f"{args.seq_len}. * = Pareto front ({metric} vs batch-{big if key == 'b32' else 1} speed-up).",
+        f"{args.seq_len}; removed = heads / FFN neurons taken out. * = Pareto front ({metric} vs batch-{big} "
+        "speed-up).",
         "",
-        f"| Model | Seed | Sparsity | {metric} | Matches | Batch 1 | Batch 32 | FLOP ideal | Load avg | Front |",
-        "|-------|-----:|---------:|-------:|:-------:|--------:|---------:|-----------:|---------:|:-----:|",
+        f"| Model | Seed | Sparsity | Removed | {metric} | Matches | Batch {small} | Batch {big} | FLOP ideal | "
+        "Load avg | Front |",
+        "|-------|-----:|---------:|--------:|-------:|:-------:|--------:|---------:|-----------:|---------:|:-----:|",
     ]
-    for r in sorted(table, key=lambda r: (-(r[key] or 0), -r["metric"])):
+    for r in sorted(table, key=lambda r: (-(r["big"] or 0), -r["metric"])):
         load = fmt(r["load"][0]) if r["load"] else "–"
         lines.append(
-            f"| {r['model']} | {r['seed']} | {100 * r['sparsity']:.1f}% | {r['metric']:.4f} | "
-            f"{'yes' if r['metric'] >= threshold else 'no'} | {fmt(r['b1'])}× | {fmt(r['b32'])}× | "
+            f"| {r['model']} | {r['seed']} | {100 * r['sparsity']:.1f}% | {r['removed']} | {r['metric']:.4f} | "
+            f"{'yes' if r['metric'] >= threshold else 'no'} | {fmt(r['small'])}× | {fmt(r['big'])}× | "
             f"{fmt(r['ideal'])}× | {load} | {'*' if r['pareto'] else ''} |"
         )
     skipped = [p for p in points if "skipped" in p]
@@ -423,9 +432,9 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
     fig, ax = plt.subplots(figsize=(6, 4))
     for series in sorted({r["series"] for r in table}):
         mine = [r for r in table if r["series"] == series]
-        ax.plot([r[key] or 0 for r in mine], [r["metric"] for r in mine], "o", label=series)
+        ax.plot([r["big"] or 0 for r in mine], [r["metric"] for r in mine], "o", label=series)
     ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="matching threshold")
-    ax.set_xlabel(f"speed-up over dense fp32, batch {32 if key == 'b32' else 1}")
+    ax.set_xlabel(f"speed-up over dense fp32, batch {big}")
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -82,13 +82,13 @@ def dead_groups(model: PreTrainedModel) -> dict[str, dict[int, list[int]]]:
 
 def compact_for_inference(model: PreTrainedModel, mask: Mapping[str, torch.Tensor] | None = None) -> PreTrainedModel:
     """
-    A copy of `model` in eval mode on CPU, with `mask` applied and every dead head and neuron removed physically.
+    A copy of `model` in fp32 and eval mode on CPU, with `mask` applied and every dead head and neuron removed physically.
 
     Args:
         model (`PreTrainedModel`): a full-shape model whose pruned groups are zero, or an already shrunk one.
         mask ([`TicketMask`], *optional*): a (structured) ticket of `model`; its zeros are applied first.
     """
-    compacted = copy.deepcopy(model).to("cpu").eval()
+    compacted = copy.deepcopy(model).to("cpu", torch.float32).eval()
     if mask is not None:
         params = dict(compacted.named_parameters())
         with torch.no_grad():
