@@ -27,8 +27,8 @@ logger = logging.get_logger(__name__)
 
 QUANTIZATIONS = (None, "int8")
 BACKENDS = ("torch.ao", "torchao")
-# torch.ao first while it exists: one fused fbgemm/onednn int8 kernel per Linear in eager mode, where torchao runs
-# activation quantization as separate ops around `torch._int_mm`. bench/speed_tickets.py --part backends times both.
+# torch.ao first while it exists: one fused fbgemm/onednn int8 kernel per Linear in eager mode, where torchao's CPU
+# path is decomposed into separate ops (activation quantization, `torch._int_mm`, rescaling) for Inductor to fuse. bench/speed_tickets.py --part backends times both.
 BACKEND_PREFERENCE = ("torch.ao", "torchao")
 
 
