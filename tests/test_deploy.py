@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -319,3 +322,35 @@ def test_cli_speed_default_reference_is_the_unpruned_architecture(tmp_path, caps
     assert figure.reference_latency_ms > 0
     printed = capsys.readouterr().out
     assert "| 1 | 2 | 16 |" in printed and "int8 model" in printed
+
+
+WITHOUT_HF_LOTTERY = """
+import json, sys
+sys.modules["hf_lottery"] = None  # hf_lottery must not be importable here
+import torch
+from transformers import AutoModelForSequenceClassification
+
+folder, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    print(json.dumps(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.tolist()))
+"""
+
+
+def test_export_loads_without_hf_lottery_in_fp32(tmp_path):
+    model, mask = structured_ticket()
+    export_for_cpu(model, tmp_path / "export", mask=mask)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    ids = inputs()["input_ids"]
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_HF_LOTTERY, str(tmp_path / "export"), json.dumps(ids.tolist())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, outputs(compact_by_mask(model, mask).eval())[0], atol=1e-6, rtol=1e-5)
