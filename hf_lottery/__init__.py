@@ -1,6 +1,7 @@
 """hf_lottery: lottery tickets and structured pruning for Hugging Face Transformers."""
 
 from .constants import __version__
+from .deploy import SpeedReport, export_for_cpu, load_for_cpu, measure_speed, write_speed_card
 from .integrations import transformers as _transformers_hooks
 from .integrations.peft import apply_ticket_to_peft, merge_and_unload_sparse, remove_ticket_from_peft
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
@@ -70,4 +71,9 @@ __all__ = [
     "select_mask",
     "sparsity_schedule",
     "transfer_ticket",
+    "SpeedReport",
+    "export_for_cpu",
+    "load_for_cpu",
+    "measure_speed",
+    "write_speed_card",
 ]

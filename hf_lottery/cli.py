@@ -9,12 +9,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+)
 from transformers.utils import logging
 
 from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sample_dataset_dir
 
+from .constants import CPU_EXPORT_CONFIG_NAME
+from .deploy.export import load_for_cpu, write_speed_card
+from .deploy.quantize import quantizable_linears, quantize_linears_
+from .deploy.speed import measure_speed, unpruned_reference
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
+from .ticket.card import head_of, speed_markdown
 from .ticket.mask import TicketMask
 from .training.arguments import LotteryArguments
 from .training.trainer import LotteryTrainer
@@ -301,16 +313,99 @@ def _configure_logging() -> None:
     library_logger.propagate = False
 
 
+@dataclass
+class SpeedArguments:
+    """`hf-lottery speed PATH`: CPU latency of a saved model against a reference, as the card's Speed section."""
+
+    model_path: str = field(
+        metadata={"help": "Model folder or Hub id: a CPU export (export_for_cpu), or any saved (shrunk) model."}
+    )
+    reference: str = field(
+        default="unpruned",
+        metadata={
+            "help": "Model folder or Hub id to compare with (typically the dense model); 'unpruned': the same "
+            "architecture with nothing removed, in fp32 with random weights (latency does not depend on them); "
+            "'none': no reference."
+        },
+    )
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32], metadata={"help": "Batch sizes to time."})
+    seq_len: int = field(default=128, metadata={"help": "Tokens per sequence."})
+    threads: list[str] = field(
+        default_factory=lambda: ["1", "all"],
+        metadata={"help": "torch thread counts to time with; 'all' is torch's default (one per physical core)."},
+    )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "'int8': quantize the model's Linears (dynamic int8, as export_for_cpu) before timing it; the "
+            "reference stays as loaded.",
+            "choices": ["int8"],
+        },
+    )
+    repeats: int = field(default=10, metadata={"help": "Timed rounds per setting (the median is kept)."})
+    warmup: int = field(default=2, metadata={"help": "Untimed rounds first."})
+    write_card: bool = field(
+        default=False,
+        metadata={"help": "Write speed.json and the Speed section of README.md into the model folder (local only)."},
+    )
+
+
+def load_for_speed(path: str) -> Any:
+    """A saved model for timing: [`load_for_cpu`] for a CPU export, else the Auto class of its architecture."""
+    if (Path(path) / CPU_EXPORT_CONFIG_NAME).is_file():
+        return load_for_cpu(path)
+    config = AutoConfig.from_pretrained(path)
+    auto_class = head_of((config.architectures or [None])[0])[1]
+    return getattr(transformers, auto_class).from_pretrained(path).eval()
+
+
+def speed(argv: list[str]) -> Any:
+    """Run `hf-lottery speed`: print the Speed section (and write it with --write_card); returns the report."""
+    if argv and not argv[0].startswith("-"):
+        argv = ["--model_path", *argv]
+    (args,) = HfArgumentParser(SpeedArguments).parse_args_into_dataclasses(args=argv)
+    threads = [t if t == "all" else int(t) for t in args.threads]
+    model = load_for_speed(args.model_path)
+    if args.reference == "unpruned":
+        reference = unpruned_reference(model)
+    elif args.reference == "none":
+        reference = None
+    else:
+        reference = load_for_speed(args.reference)
+    if args.quantize:
+        quantize_linears_(model, quantizable_linears(model))  # Linears already int8 (an int8 export) are left
+    report = measure_speed(
+        model,
+        reference=reference,
+        batch_sizes=args.batch_sizes,
+        seq_len=args.seq_len,
+        threads=threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        label=args.quantize,
+    )
+    print(speed_markdown(report.to_dict()))
+    if args.write_card:
+        write_speed_card(args.model_path, report)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hf-lottery` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"find-ticket": "Find a lottery ticket on a GLUE task (IMP with rewinding)."}
+    commands = {
+        "find-ticket": "Find a lottery ticket on a GLUE task (IMP with rewinding).",
+        "speed": "CPU latency of a saved model against a reference (batch 1 and 32, 1 and all threads).",
+    }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: hf-lottery <command> [options]\n\ncommands:")
         for name, help_text in commands.items():
             print(f"  {name:<12} {help_text}")
-        print("\nRun `hf-lottery find-ticket --help` for the options.")
+        print("\nRun `hf-lottery find-ticket --help` or `hf-lottery speed --help` for the options.")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    if argv[0] == "speed":
+        speed(argv[1:])
+        return 0
     _configure_logging()
     find_ticket(*parse_args(argv[1:]))
     return 0
@@ -320,4 +415,14 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["BranchArguments", "DataArguments", "ModelArguments", "find_ticket", "format_history", "main", "parse_args"]
+__all__ = [
+    "BranchArguments",
+    "DataArguments",
+    "ModelArguments",
+    "SpeedArguments",
+    "find_ticket",
+    "format_history",
+    "main",
+    "parse_args",
+    "speed",
+]

