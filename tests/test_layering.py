@@ -28,7 +28,7 @@ WINGS = [
     ("ticket",),
     ("selector",),
     ("scoring", "structured"),
-    ("pruning",),
+    ("pruning", "deploy"),
     ("integrations",),
     ("training",),
     ("testing_utils", "cli"),
