@@ -70,16 +70,17 @@ class StripeConv2d(nn.Module):
         order = sorted(flat, key=lambda i: (i % (kh * kw), i // (kh * kw)))
         self.kept_stripes = order
         self.positions: list[tuple[int, int, int, int]] = []  # (i, j, first row, last row + 1)
-        filters = []
+        self.position_filters: list[list[int]] = []
         start = 0
         for p in range(kh * kw):
             rows = [i // (kh * kw) for i in order if i % (kh * kw) == p]
             if rows:
                 self.positions.append((p // kw, p % kw, start, start + len(rows)))
-                filters.append(torch.tensor(rows, dtype=torch.long))
+                self.position_filters.append(rows)
                 start += len(rows)
-        for n, ids in enumerate(filters):
-            self.register_buffer(f"filters_{n}", ids, persistent=False)
+        # Index tensors are built on first use on the input's device (not buffers: `from_pretrained` builds
+        # modules on the meta device, and these are not stored in checkpoints).
+        self._filter_index: dict[torch.device, list[torch.Tensor]] = {}
         self.weight = nn.Parameter(torch.zeros(len(order), self.in_channels))
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
 
@@ -129,12 +130,17 @@ class StripeConv2d(nn.Module):
         w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
         out = x.new_zeros(n, self.out_channels, h_out, w_out)
+        if x.device not in self._filter_index:
+            self._filter_index[x.device] = [
+                torch.tensor(f, dtype=torch.long, device=x.device) for f in self.position_filters
+            ]
+        filters = self._filter_index[x.device]
         for index, (i, j, first, last) in enumerate(self.positions):
             shifted = padded[
                 :, :, i * dh : i * dh + sh * (h_out - 1) + 1 : sh, j * dw : j * dw + sw * (w_out - 1) + 1 : sw
             ]
             rows = self.weight[first:last]
-            out.index_add_(1, getattr(self, f"filters_{index}"), F.conv2d(shifted, rows[:, :, None, None]))
+            out.index_add_(1, filters[index], F.conv2d(shifted, rows[:, :, None, None]))
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
@@ -164,6 +170,11 @@ def stripe_conv_im2col(x: torch.Tensor, conv: nn.Conv2d, kept: torch.Tensor) -> 
     h_out = (h + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
     out = out.view(n, conv.out_channels, h_out, -1)
     return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+
+
+def kept_rows(stripe: StripeConv2d) -> torch.Tensor:
+    """The rows of the `(out * kh * kw, in)` view of the full kernel that `stripe.weight` holds, in its order."""
+    return torch.tensor(stripe.kept_stripes, dtype=torch.long)
 
 
 def normalize_stripe_structure(value: Any, totals: Mapping[str, int]) -> dict[str, list[int]]:
@@ -230,9 +241,24 @@ def apply_stripe_structure_(model: nn.Module, structure: Mapping[str, Iterable[i
             if sorted(module.kept_stripes) != kept:
                 raise ValueError(f"{path} already has another stripe structure.")
             continue
-        mask = torch.zeros(module.out_channels * kh * kw, dtype=torch.bool)
-        mask[kept] = True
-        stripe = StripeConv2d.from_conv(module, mask.view(module.out_channels, kh, kw))
+        check_stripe_conv(module, path)
+        stripe = StripeConv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            kept=kept,
+            bias=module.bias is not None,
+        ).to(device=module.weight.device, dtype=module.weight.dtype)
+        with torch.no_grad():
+            if module.weight.device.type != "meta":  # a model built for loading gets its weights from the checkpoint
+                stripe.weight.copy_(
+                    module.weight.permute(0, 2, 3, 1).reshape(-1, module.in_channels)[kept_rows(stripe)]
+                )
+                if module.bias is not None:
+                    stripe.bias.copy_(module.bias)
         parent_path, _, attr = path.rpartition(".")
         setattr(base.get_submodule(parent_path) if parent_path else base, attr, stripe)
 
