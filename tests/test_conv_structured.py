@@ -225,3 +225,17 @@ def test_conv_checkpoints_load_without_hf_lottery_through_remote_code(tmp_path):
     for folder, (module, diff) in results.items():
         assert module.endswith(Path(STRUCTURED_MODELING_FILE).stem)
         assert diff < 1e-5, folder
+
+
+def test_flop_ideal_of_the_masked_model_is_the_cost_of_the_compact_forms():
+    from hf_lottery.structured.conv_flops import conv_macs
+
+    model = trained_like(seed=7)
+    x = pixels(2)
+    dense = conv_macs(model, x)["total"]
+    for mask, compact in (
+        (m := prune_channels(model, 0.5), compact_channels_by_mask(model, m)),
+        (s := prune_stripes(model, 0.5), stripe_model_by_mask(model, s)),
+    ):
+        ideal = conv_macs(model, x, mask)["total"]
+        assert ideal == conv_macs(compact, x)["total"] < dense
