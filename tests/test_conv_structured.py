@@ -17,6 +17,7 @@ from transformers import AutoModelForImageClassification
 
 import hf_lottery  # noqa: F401  (installs the loading hooks)
 from hf_lottery.constants import STRUCTURED_MODELING_FILE
+from hf_lottery.structured.conv_flops import conv_macs
 from hf_lottery.structured.conv_imp import (
     channel_mask,
     compact_channels_by_mask,
@@ -228,8 +229,6 @@ def test_conv_checkpoints_load_without_hf_lottery_through_remote_code(tmp_path):
 
 
 def test_flop_ideal_of_the_masked_model_is_the_cost_of_the_compact_forms():
-    from hf_lottery.structured.conv_flops import conv_macs
-
     model = trained_like(seed=7)
     x = pixels(2)
     dense = conv_macs(model, x)["total"]

@@ -9,11 +9,12 @@ from torch import nn
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer
-from hf_lottery.structured.conv_imp import channel_gates, conv_structure_counts
+from hf_lottery.structured.conv_imp import channel_gates, channel_roles, conv_structure_counts
 from hf_lottery.structured.conv_regularizers import add_channel_penalty_grad_, fold_skeleton_, skeleton_factors
 from hf_lottery.structured.polarization import polarization_regularizer
 from hf_lottery.structured.stripes import StripeConv2d
 from hf_lottery.testing_utils import tiny_conv_model, toy_image_dataset
+from hf_lottery.training.conv_regularization import ChannelPenaltyCallback
 
 
 def test_polarization_gradient_is_that_of_the_regularizer_over_live_gates():
@@ -110,9 +111,6 @@ def test_trainer_channel_imp_saves_a_narrower_resnet(tmp_path, regularizer):
 def test_polarization_separates_the_gates():
     """With a strong penalty the gates split into a group at 0 and a group around a shared value, with a gap between
     (and stay in [0, 1])."""
-    from hf_lottery.structured.conv_imp import channel_roles
-    from hf_lottery.training.conv_regularization import ChannelPenaltyCallback
-
     model = tiny_conv_model(seed=2)
     callback = ChannelPenaltyCallback("polarization", strength=0.05, t=1.2)
     callback.on_train_begin(None, None, None, model=model)
