@@ -159,7 +159,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, train, test) -> di
             **overrides,
         )
         model = resnet(args, seed)
-        sample = train.pixels[:2]
+        sample = train.pixels[:2]  # CPU inputs for the FLOP count (the model is on CPU until train() starts)
         dense_macs = conv_macs(model.eval(), sample)["total"]
         rounds: list[dict] = []
 
@@ -167,7 +167,8 @@ def run_one(method: str, seed: int, args: argparse.Namespace, train, test) -> di
             def on_train_end(self, a, state, control, model=None, **kwargs):
                 mask = trainer.current_mask
                 was_training = model.training
-                rounds.append({"macs": conv_macs(model.eval(), sample, mask)["total"] / dense_macs})
+                x = sample.to(next(model.parameters()).device)
+                rounds.append({"macs": conv_macs(model.eval(), x, mask)["total"] / dense_macs})
                 model.train(was_training)
 
         trainer = LotteryTrainer(
@@ -182,7 +183,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, train, test) -> di
                 round=record["round"], sparsity=record["sparsity"], accuracy=record["metrics"]["eval_accuracy"]
             )
         final = trainer._rounds.final_model(trainer.model, trainer.current_mask)
-        final = (final if final is not None else trainer.model).eval()
+        final = (final if final is not None else trainer.model).cpu().eval()  # latency is measured on CPU
         latency = time_model(final, args, sample.shape[1:])
     return {
         "method": method,
