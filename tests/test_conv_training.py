@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
+from transformers import AutoModelForImageClassification, Trainer, TrainerCallback, TrainingArguments
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer
 from hf_lottery.structured.conv_imp import channel_gates, channel_roles, conv_structure_counts
@@ -58,7 +58,7 @@ def test_folded_skeleton_step_is_a_joint_sgd_step_then_merge():
 
 
 def _args(tmp_path, granularity, **extra):
-    return LotteryArguments(
+    settings = dict(
         output_dir=str(tmp_path / "run"),
         num_train_epochs=2,
         per_device_train_batch_size=8,
@@ -69,8 +69,8 @@ def _args(tmp_path, granularity, **extra):
         target_sparsity=0.5,
         pruning_rate=0.25,
         granularity=granularity,
-        **extra,
     )
+    return LotteryArguments(**{**settings, **extra})
 
 
 def _check_saved_equals_masked(trainer, folder):
@@ -168,3 +168,45 @@ def test_callback_runs_conv_granularities_inside_one_run(tmp_path, granularity):
     params = dict(model.named_parameters())
     for name, kept in callback.ticket.items():
         assert torch.all(params[name].detach()[~kept] == 0), name
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _KillAt(TrainerCallback):
+    def __init__(self, ref, round_index, step):
+        self.ref, self.round_index, self.step = ref, round_index, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.ref[0].lottery_round == self.round_index and state.global_step == self.step:
+            raise _Interrupt
+
+
+@pytest.mark.parametrize("granularity", ["channel", "stripe"])
+def test_killed_conv_run_resumes_to_the_same_ticket(tmp_path, granularity):
+    """The penalties keep no state outside the model (the skeleton is folded in), so a resumed round is exact."""
+    extra = dict(
+        save_strategy="steps", save_steps=2, num_train_epochs=1, channel_penalty=1e-2, stripe_penalty=1e-3, seed=3
+    )
+
+    def trainer_for(folder, seed, callbacks=()):
+        return LotteryTrainer(
+            model=tiny_conv_model(seed=seed),
+            args=_args(folder, granularity, **extra),
+            train_dataset=toy_image_dataset(32),
+            callbacks=list(callbacks),
+        )
+
+    reference = trainer_for(tmp_path / "ref", 5)
+    reference.train()
+    ref = [None]
+    killed = trainer_for(tmp_path / "killed", 5, [_KillAt(ref, 1, 3)])
+    ref[0] = killed
+    with pytest.raises(_Interrupt):
+        killed.train()
+    resumed = trainer_for(tmp_path / "killed", 99)  # weights come from the saved state
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.ticket == reference.ticket
+    for (name, a), b in zip(resumed.model.state_dict().items(), reference.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
