@@ -37,11 +37,14 @@ def pixels(n: int = 4, seed: int = 5) -> torch.Tensor:
     return toy_image_dataset(n, seed=seed)[:]["pixel_values"]
 
 
-def trained_like(layer_type: str = "basic", seed: int = 0) -> nn.Module:
-    """A tiny ResNet with non-trivial BatchNorm statistics, scales and shifts (as after training), in eval mode."""
-    model = tiny_conv_model(layer_type=layer_type, seed=seed)
+def trained_like(layer_type: str = "basic", seed: int = 0, family: str = "resnet") -> nn.Module:
+    """A tiny ResNet (or MobileNetV2) with non-trivial BatchNorm statistics, scales and shifts and classifier weights
+    (as after training), in eval mode."""
+    model = tiny_conv_model(family, seed=seed, **({"layer_type": layer_type} if family == "resnet" else {}))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for param in model.classifier.parameters():
+            param.copy_(torch.randn(param.shape, generator=g))
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 n = module.num_features
@@ -77,6 +80,24 @@ def test_removing_channels_equals_the_zeroed_model(layer_type):
 def _inner_norms(model):
     params = dict(model.named_modules())
     return [params[n.removesuffix(".weight")] for n in channel_mask(model, {}) if n.endswith("normalization.weight")]
+
+
+def test_mobilenet_v2_channels_pass_through_the_depthwise_convs(tmp_path):
+    model = trained_like(family="mobilenet_v2", seed=8)
+    mask = prune_channels(model, 0.5)
+    compact = compact_channels_by_mask(model, mask)
+    block = compact.mobilenet_v2.layer[1]
+    kept = 48 - len(compact.config.pruned_channels["layer.1.expand_1x1"])
+    assert block.expand_1x1.convolution.out_channels == kept < 48
+    assert block.conv_3x3.convolution.groups == block.conv_3x3.convolution.out_channels == kept
+    assert block.conv_3x3.normalization.num_features == block.reduce_1x1.convolution.in_channels == kept
+    assert block.reduce_1x1.convolution.out_channels == model.mobilenet_v2.layer[1].reduce_1x1.convolution.out_channels
+    mask.apply_(model)
+    reference = logits(model, pixels())
+    torch.testing.assert_close(logits(compact, pixels()), reference, atol=1e-4, rtol=1e-5)
+    compact.save_pretrained(tmp_path / "small")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "small").eval()
+    torch.testing.assert_close(logits(loaded, pixels()), logits(compact, pixels()))
 
 
 def test_channel_pruning_picks_the_smallest_scales_and_is_nested():
@@ -206,6 +227,8 @@ def test_conv_checkpoints_load_without_hf_lottery_through_remote_code(tmp_path):
         tmp_path / "channels": compact_channels_by_mask(model, prune_channels(model, 0.5)),
         tmp_path / "stripes": stripe_model_by_mask(model, prune_stripes(model, 0.5)),
     }
+    mobilenet = trained_like(family="mobilenet_v2", seed=6)
+    cases[tmp_path / "mobilenet"] = compact_channels_by_mask(mobilenet, prune_channels(mobilenet, 0.5))
     x = pixels()
     for folder, shrunk in cases.items():
         shrunk.save_pretrained(folder)

@@ -26,14 +26,20 @@ logger = logging.get_logger(__name__)
 PRUNED_CHANNELS_ATTR = "pruned_channels"
 
 
-def channel_units(model: nn.Module, layout: ConvLayout) -> dict[str, tuple[nn.Module, nn.Module]]:
-    """
-    `{unit path: (unit, next unit)}` for every inner unit of every block (paths relative to the base model).
+def _is_depthwise(unit: nn.Module, layout: ConvLayout) -> bool:
+    conv = getattr(unit, layout.conv)
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
-    The last unit of a chain feeds the residual addition and is not listed.
+
+def channel_units(model: nn.Module, layout: ConvLayout) -> dict[str, tuple[nn.Module, list[nn.Module], nn.Module]]:
+    """
+    `{unit path: (unit, depthwise units after it, consumer)}` for every inner unit of every block (paths relative
+    to the base model): the unit produces the channels, the depthwise units pass them through, the consumer (the
+    next ordinary conv of the chain) takes them as input. The last unit of a chain feeds the residual addition and
+    is not listed.
     """
     base = getattr(model, "base_model", model)
-    units: dict[str, tuple[nn.Module, nn.Module]] = {}
+    units: dict[str, tuple[nn.Module, list[nn.Module], nn.Module]] = {}
     for block_path in block_paths([name for name, _ in base.named_modules()], layout):
         block = base.get_submodule(block_path)
         chain = []
@@ -42,8 +48,16 @@ def channel_units(model: nn.Module, layout: ConvLayout) -> dict[str, tuple[nn.Mo
                 chain.append((path, block.get_submodule(path)))
             except AttributeError:
                 continue
-        for (path, unit), (_, following) in zip(chain, chain[1:]):
-            units[f"{block_path}.{path}"] = (unit, following)
+        for i, (path, unit) in enumerate(chain):
+            if _is_depthwise(unit, layout):
+                continue
+            passing = []
+            for _, following in chain[i + 1 :]:
+                if _is_depthwise(following, layout):
+                    passing.append(following)
+                    continue
+                units[f"{block_path}.{path}"] = (unit, passing, following)
+                break
     return units
 
 
@@ -62,10 +76,27 @@ def _sliced(param: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter:
     return nn.Parameter(param.data.index_select(dim, keep).clone(), requires_grad=param.requires_grad)
 
 
+def _slice_norm_(norm: nn.Module, keep: torch.Tensor) -> None:
+    if norm.affine:
+        norm.weight = _sliced(norm.weight, keep, 0)
+        norm.bias = _sliced(norm.bias, keep, 0)
+    if norm.track_running_stats:
+        norm.running_mean = norm.running_mean.index_select(0, keep).clone()
+        norm.running_var = norm.running_var.index_select(0, keep).clone()
+    norm.num_features = len(keep)
+
+
 @torch.no_grad()
-def remove_channels_(unit: nn.Module, following: nn.Module, layout: ConvLayout, original_ids: Iterable[int]) -> None:
+def remove_channels_(
+    unit: nn.Module,
+    passing: list[nn.Module],
+    following: nn.Module,
+    layout: ConvLayout,
+    original_ids: Iterable[int],
+) -> None:
     """
-    Remove the channels `original_ids` (original numbering) from `unit` and the matching inputs of `following`.
+    Remove the channels `original_ids` (original numbering) from `unit`, from the depthwise units `passing`
+    through and from the matching inputs of `following`.
 
     Raises:
         `ValueError`: an index out of range or already removed, or a removal that would leave no channel.
@@ -81,21 +112,19 @@ def remove_channels_(unit: nn.Module, following: nn.Module, layout: ConvLayout, 
     if not drop:
         return
     keep = torch.tensor([position[i] for i in kept if i not in drop], dtype=torch.long)
-    conv, norm = getattr(unit, layout.conv), getattr(unit, layout.norm)
+    conv = getattr(unit, layout.conv)
     if conv.groups != 1 or getattr(following, layout.conv).groups != 1:
-        raise ValueError("Channel removal supports ordinary convolutions only (groups=1).")
+        raise ValueError("Channels are produced and consumed by ordinary convolutions only (groups=1).")
     keep = keep.to(conv.weight.device)
-    conv.weight = _sliced(conv.weight, keep, 0)
-    if conv.bias is not None:
-        conv.bias = _sliced(conv.bias, keep, 0)
-    conv.out_channels = len(keep)
-    if norm.affine:
-        norm.weight = _sliced(norm.weight, keep, 0)
-        norm.bias = _sliced(norm.bias, keep, 0)
-    if norm.track_running_stats:
-        norm.running_mean = norm.running_mean.index_select(0, keep).clone()
-        norm.running_var = norm.running_var.index_select(0, keep).clone()
-    norm.num_features = len(keep)
+    for producer in (unit, *passing):  # the depthwise convs keep one filter per remaining channel
+        pconv = getattr(producer, layout.conv)
+        pconv.weight = _sliced(pconv.weight, keep, 0)
+        if pconv.bias is not None:
+            pconv.bias = _sliced(pconv.bias, keep, 0)
+        pconv.out_channels = len(keep)
+        if producer is not unit:
+            pconv.in_channels = pconv.groups = len(keep)
+        _slice_norm_(getattr(producer, layout.norm), keep)
     nxt = getattr(following, layout.conv)
     nxt.weight = _sliced(nxt.weight, keep, 1)
     nxt.in_channels = len(keep)
@@ -147,14 +176,14 @@ def apply_channel_structure_(model: nn.Module, layout: ConvLayout, structure: Ma
     Raises:
         `ValueError`: if a unit already lost a channel that the structure keeps.
     """
-    for path, (unit, following) in channel_units(model, layout).items():
+    for path, (unit, passing, following) in channel_units(model, layout).items():
         want = set(structure.get(path, ()))
         have = set(getattr(unit, PRUNED_CHANNELS_ATTR, ()))
         if want == have:
             continue
         if not have <= want:
             raise ValueError(f"{path} has already lost channels {sorted(have - want)} which the structure keeps.")
-        remove_channels_(unit, following, layout, want - have)
+        remove_channels_(unit, passing, following, layout, want - have)
 
 
 def apply_config_channels_(model: nn.Module) -> bool:
@@ -178,7 +207,7 @@ def apply_config_channels_(model: nn.Module) -> bool:
     units = channel_units(model, layout)
     if not units:
         return False  # a model of the family without the encoder blocks (a bare embedder, say)
-    counts = {path: original_channels(unit, layout) for path, (unit, _) in units.items()}
+    counts = {path: original_channels(unit, layout) for path, (unit, _, _) in units.items()}
     structure = normalize_channel_structure(value, counts)
     apply_channel_structure_(model, layout, structure)
     config.pruned_channels = structure

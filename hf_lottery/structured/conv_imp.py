@@ -2,8 +2,9 @@
 
 During a lottery run the model keeps full shapes (rewinding, resume and mask enforcement work as for unstructured
 tickets). A removed *channel* is the zeroed output filter of an inner unit's conv, the zeroed BatchNorm scale and
-shift of that channel (so the channel outputs exactly zero whatever its running statistics) and the zeroed input
-channel of the next conv. A removed *stripe* is a zeroed `weight[o, :, i, j]`. At the end, [`compact_channels_by_mask`]
+shift of that channel (so the channel outputs exactly zero whatever its running statistics), the same in the
+depthwise units it passes through, and the zeroed input channel of the next conv. Its gate is the BatchNorm scale
+right before that next conv. A removed *stripe* is a zeroed `weight[o, :, i, j]`. At the end, [`compact_channels_by_mask`]
 takes the channels out physically and [`stripe_model_by_mask`] turns the convs into [`StripeConv2d`]; both record
 the structure in the config, so `from_pretrained` rebuilds them.
 """
@@ -54,19 +55,33 @@ def _select_lowest(
 
 # -- Channels -------------------------------------------------------------------------------------------------------
 def channel_roles(model: PreTrainedModel) -> dict[str, dict[str, str]]:
-    """`{unit path: {role: parameter name}}` for the inner units (roles: conv, norm_weight, norm_bias, next_conv)."""
+    """
+    `{unit path: {role: parameter name}}` for the inner units. Roles: `conv`, `norm_weight`, `norm_bias` (the
+    producing unit), `pass{i}_conv`, `pass{i}_norm_weight`, `pass{i}_norm_bias` (depthwise units passing the
+    channels through), `next_conv` (the consumer), and `gate` / `gate_bias`: the BatchNorm scale and shift right
+    before the consumer (the producer's own, or the last depthwise unit's).
+    """
     layout = get_conv_layout(model.config)
     prefix = _prefix(model)
     base = getattr(model, "base_model", model)
     path_of = {id(module): name for name, module in base.named_modules()}
     roles = {}
-    for path, (_, following) in channel_units(model, layout).items():
-        roles[path] = {
+    for path, (_, passing, following) in channel_units(model, layout).items():
+        unit_roles = {
             "conv": f"{prefix}{path}.{layout.conv}.weight",
             "norm_weight": f"{prefix}{path}.{layout.norm}.weight",
             "norm_bias": f"{prefix}{path}.{layout.norm}.bias",
-            "next_conv": f"{prefix}{path_of[id(following)]}.{layout.conv}.weight",
         }
+        for i, unit in enumerate(passing):
+            where = f"{prefix}{path_of[id(unit)]}"
+            unit_roles[f"pass{i}_conv"] = f"{where}.{layout.conv}.weight"
+            unit_roles[f"pass{i}_norm_weight"] = f"{where}.{layout.norm}.weight"
+            unit_roles[f"pass{i}_norm_bias"] = f"{where}.{layout.norm}.bias"
+        last = f"pass{len(passing) - 1}_" if passing else ""
+        unit_roles["gate"] = unit_roles[f"{last}norm_weight"]
+        unit_roles["gate_bias"] = unit_roles[f"{last}norm_bias"]
+        unit_roles["next_conv"] = f"{prefix}{path_of[id(following)]}.{layout.conv}.weight"
+        roles[path] = unit_roles
     return roles
 
 
@@ -80,14 +95,14 @@ def channel_parameters(model: PreTrainedModel) -> dict[str, nn.Parameter]:
 def channel_gates(model: PreTrainedModel) -> dict[str, nn.Parameter]:
     """`{unit path: BatchNorm scale}`: the gates of the inner channels (what the regularizers act on)."""
     params = dict(model.named_parameters())
-    return {path: params[roles["norm_weight"]] for path, roles in channel_roles(model).items()}
+    return {path: params[roles["gate"]] for path, roles in channel_roles(model).items()}
 
 
 def removed_channels(model: PreTrainedModel, mask: TicketMask) -> dict[str, list[int]]:
     """The inner channels whose BatchNorm scale is pruned in `mask`, `{unit path: [ids]}`."""
     removed = {}
     for path, roles in channel_roles(model).items():
-        dead = (~mask[roles["norm_weight"]]).nonzero().flatten().tolist()
+        dead = (~mask[roles["gate"]]).nonzero().flatten().tolist()
         if dead:
             removed[path] = dead
     return removed
@@ -100,10 +115,11 @@ def channel_mask(model: PreTrainedModel, removed: dict[str, list[int]]) -> Ticke
     for path, roles in channel_roles(model).items():
         ids = torch.tensor(removed.get(path, []), dtype=torch.long)
         if len(ids):
-            masks[roles["conv"]][ids] = False
-            masks[roles["norm_weight"]][ids] = False
-            masks[roles["norm_bias"]][ids] = False
-            masks[roles["next_conv"]][:, ids] = False
+            for role, name in roles.items():
+                if role == "next_conv":
+                    masks[name][:, ids] = False
+                else:
+                    masks[name][ids] = False
     return TicketMask(masks)
 
 
@@ -155,12 +171,12 @@ def compact_channels_by_mask(model: PreTrainedModel, mask: TicketMask) -> PreTra
     layout = get_conv_layout(model.config)
     removed = removed_channels(model, mask)
     compact = copy.deepcopy(model)
-    for path, (unit, following) in channel_units(compact, layout).items():
+    for path, (unit, passing, following) in channel_units(compact, layout).items():
         if removed.get(path):
-            remove_channels_(unit, following, layout, removed[path])
+            remove_channels_(unit, passing, following, layout, removed[path])
     recorded = {
         path: sorted(getattr(unit, PRUNED_CHANNELS_ATTR, ()))
-        for path, (unit, _) in channel_units(compact, layout).items()
+        for path, (unit, _, _) in channel_units(compact, layout).items()
     }
     compact.config.pruned_channels = {path: ids for path, ids in recorded.items() if ids} or None
     return compact

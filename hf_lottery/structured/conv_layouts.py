@@ -3,7 +3,8 @@
 A family is data (one [`ConvLayout`]), never a per-model code path. Channel pruning removes only the *inner*
 channels of a residual block (the outputs of every unit of the block's chain but the last): the channels that
 flow through the residual connection are never touched, so the shortcut, the addition and the next block keep
-their widths and no tie between blocks is needed.
+their widths and no tie between blocks is needed. A depthwise unit of the chain (groups == its channels, as in
+MobileNetV2's inverted residuals) passes channels through: a channel removed before it is removed from it too.
 
 This module only depends on the standard library: its source is also copied into the self-contained modeling file
 written beside shrunk conv checkpoints (see `remote.py`).
@@ -72,7 +73,15 @@ def register_conv_layout(layout: ConvLayout, overwrite: bool = False) -> None:
         CONV_LAYOUTS[model_type] = layout
 
 
-register_conv_layout(RESNET_LAYOUT)
+MOBILENET_V2_LAYOUT = ConvLayout(
+    name="mobilenet_v2",
+    model_types=("mobilenet_v2",),
+    blocks=r"conv_stem|layer\.\d+",
+    chain=("first_conv", "expand_1x1", "conv_3x3", "reduce_1x1"),
+)
+
+for _layout in (RESNET_LAYOUT, MOBILENET_V2_LAYOUT):
+    register_conv_layout(_layout)
 
 
 def find_conv_layout(config: Any) -> ConvLayout | None:

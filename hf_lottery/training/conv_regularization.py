@@ -33,8 +33,8 @@ class ChannelPenaltyCallback(TrainerCallback):
         model = _unwrapped(model)
         params = dict(model.named_parameters())
         roles = channel_roles(model)
-        self._gates = {unit: params[r["norm_weight"]] for unit, r in roles.items()}
-        self._shifts = {unit: params[r["norm_bias"]] for unit, r in roles.items()}
+        self._gates = {unit: params[r["gate"]] for unit, r in roles.items()}
+        self._shifts = {unit: params[r["gate_bias"]] for unit, r in roles.items()}
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         add_channel_penalty_grad_(self._gates, self._shifts, self.strength, self.kind, self.t)
