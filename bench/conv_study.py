@@ -7,8 +7,8 @@ trained from scratch, `rewind="lr"` (learning-rate rewinding, Renda et al. 2020)
 survivors. Each run records every round's test accuracy and FLOP-ideal cost (`conv_macs` of the masked model); the
 table interpolates each method's accuracy at the FLOP budgets of `--flop-budgets` (fraction of the dense model's
 multiply-accumulates) and reports the mean ± std over seeds. The dense baseline is round 0 of the unstructured run.
-Latency is measured on the final compact model of each run (channel: shrunk convs; stripe: `StripeConv2d`;
-unstructured: the masked dense model, which runs at dense speed).
+Latency is measured on the final compact model of each run (channel: shrunk convs; stripe: `StripeConv2d`, in both
+its inference forms; unstructured: the masked dense model, which runs at dense speed).
 
 Resumable: each (method, seed) result is written to `--output-json` as soon as it finishes and skipped on rerun.
 
@@ -185,6 +185,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace, train, test) -> di
         final = trainer._rounds.final_model(trainer.model, trainer.current_mask)
         final = (final if final is not None else trainer.model).cpu().eval()  # latency is measured on CPU
         latency = time_model(final, args, sample.shape[1:])
+        if method == "stripe":  # the other inference form of the same model
+            for module in final.modules():
+                if isinstance(module, StripeConv2d):
+                    module.form = "im2col"
+            latency.update({f"im2col {b}": v for b, v in time_model(final, args, sample.shape[1:]).items()})
     return {
         "method": method,
         "seed": seed,
@@ -306,6 +311,9 @@ def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
     for r in store["results"]:
         lat = " | ".join(str(r["latency_ms"].get(b)) for b in batches)
         lines.append(f"| {r['method']} | {r['seed']} | {r['final_macs']:.3f} | {lat} |")
+        if f"im2col {batches[0]}" in r["latency_ms"]:
+            lat = " | ".join(str(r["latency_ms"].get(f"im2col {b}")) for b in batches)
+            lines.append(f"| {r['method']} (im2col form) | {r['seed']} | {r['final_macs']:.3f} | {lat} |")
     lines += ["", "## Stripe-wise inference forms (one 3x3 conv, ms, median)", ""]
     lines.append(
         "| channels | size | stripes removed | ideal speed-up | dense | masked | per-position 1x1 | im2col kept columns |"

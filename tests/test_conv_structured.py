@@ -152,6 +152,8 @@ def test_stripe_conv_forms_equal_the_masked_conv(stride, padding, dilation, kern
     with torch.no_grad():
         torch.testing.assert_close(stripe(x), reference, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stripe_conv_im2col(x, conv, kept), reference, atol=1e-5, rtol=1e-5)
+        stripe.form = "im2col"
+        torch.testing.assert_close(stripe(x), reference, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stripe.dense_weight(), conv.weight * kept[:, None], atol=0, rtol=0)
 
 

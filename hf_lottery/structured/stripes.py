@@ -45,7 +45,13 @@ class StripeConv2d(nn.Module):
         kernel_size, stride, padding, dilation (`int` or `tuple[int, int]`): as for `nn.Conv2d` (zero padding).
         kept (`Iterable[int]`): flat indices `o * kh * kw + i * kw + j` of the stripes kept.
         bias (`bool`, *optional*, defaults to `False`): whether the conv has a bias (one per output channel).
+
+    Attributes:
+        form (`str`): how `forward` computes, `"per_position"` (one 1x1 conv per kernel position, the default) or
+            `"im2col"` (one matrix product over the unfolded kernel positions in use); both give the same output.
     """
+
+    form = "per_position"
 
     def __init__(
         self,
@@ -123,6 +129,8 @@ class StripeConv2d(nn.Module):
         return dense.view(self.out_channels, kh, kw, self.in_channels).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "im2col":
+            return self._forward_im2col(x)
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         kh, kw = self.kernel_size
         n, _, h, w = x.shape
@@ -144,6 +152,17 @@ class StripeConv2d(nn.Module):
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
+
+    def _forward_im2col(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        used = torch.tensor([i * kw + j for i, j, _, _ in self.positions], dtype=torch.long, device=x.device)
+        n, c, h, w = x.shape
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        cols = cols.view(n, c, kh * kw, -1)[:, :, used].reshape(n, c * len(used), -1)
+        weight = self.dense_weight().reshape(self.out_channels, c, kh * kw)[:, :, used].reshape(self.out_channels, -1)
+        h_out = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        out = (weight @ cols).view(n, self.out_channels, h_out, -1)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         kh, kw = self.kernel_size
