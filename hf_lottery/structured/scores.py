@@ -28,9 +28,7 @@ STRUCTURE_SCORERS: dict[str, Callable[..., StructureScores]] = {}
 """Scorers by name; each takes the model first and returns `{"heads": ..., "neurons": ...}`."""
 
 
-def register_structure_scoring(
-    name: str,
-) -> Callable[[Callable[..., StructureScores]], Callable[..., StructureScores]]:
+def register_structure_scoring(name: str) -> Callable[[Callable[..., StructureScores]], Callable[..., StructureScores]]:
     """Decorator registering a group scorer under `name` (`LotteryArguments(structured_scoring=name)`), as
     `hf_lottery.scoring.register_scoring` does for weight scores."""
 
