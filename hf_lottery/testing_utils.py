@@ -7,12 +7,16 @@ from datasets import Dataset
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
+    MobileNetV2Config,
+    MobileNetV2ForImageClassification,
     PreTrainedConfig,
     PreTrainedModel,
+    ResNetConfig,
+    ResNetForImageClassification,
     RobertaConfig,
 )
 
-__all__ = ["tiny_config", "tiny_model", "toy_dataset"]
+__all__ = ["tiny_config", "tiny_conv_model", "tiny_model", "toy_dataset", "toy_image_dataset"]
 
 
 def tiny_config(family: str = "bert", **overrides) -> PreTrainedConfig:
@@ -51,3 +55,34 @@ def toy_dataset(n: int = 64, seq_len: int = 12, seed: int = 0, vocab: int = 64) 
     return Dataset.from_dict(
         {"input_ids": ids.tolist(), "attention_mask": [[1] * seq_len] * n, "labels": labels.tolist()}
     )
+
+
+def tiny_conv_model(family: str = "resnet", seed: int = 0, **overrides) -> PreTrainedModel:
+    """A randomly initialised image classifier for 1-channel 12x12 images and 3 labels, seeded.
+
+    `family` is `"resnet"` (two stages of basic blocks, 8 and 16 channels; `layer_type="bottleneck"` for bottleneck
+    blocks) or `"mobilenet_v2"` (depth multiplier 0.25).
+    """
+    torch.manual_seed(seed)
+    if family == "resnet":
+        common = dict(
+            num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3
+        )
+        common.update(overrides)
+        return ResNetForImageClassification(ResNetConfig(**common))
+    if family == "mobilenet_v2":
+        common = dict(num_channels=1, image_size=12, depth_multiplier=0.25, num_labels=3)
+        common.update(overrides)
+        return MobileNetV2ForImageClassification(MobileNetV2Config(**common))
+    raise ValueError(f"tiny_conv_model: unknown family {family!r} (resnet, mobilenet_v2).")
+
+
+def toy_image_dataset(n: int = 48, size: int = 12, seed: int = 0, num_labels: int = 3) -> Dataset:
+    """A learnable image task: label = which third of the image holds a bright bar (1-channel `pixel_values`)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    pixels = 0.1 * torch.randn(n, 1, size, size, generator=g)
+    band = size // num_labels
+    for i, label in enumerate(labels.tolist()):
+        pixels[i, 0, label * band : (label + 1) * band, :] += 1.0
+    return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()}).with_format("torch")

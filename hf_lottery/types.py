@@ -18,7 +18,11 @@ DEFAULT_MAX_TENSOR_SPARSITY = AUTO_TENSOR_SPARSITY
 # The lottery run (LotteryArguments, the round engine)
 PRUNING_RATE_OF = ("original", "remaining")
 REWIND_MODES = ("pretrained", "step", "lr", "none")
-GRANULARITIES = ("weight", "head", "neuron", "head+neuron")
+GRANULARITIES = ("weight", "head", "neuron", "head+neuron", "channel", "stripe")
+CHANNEL_REGULARIZERS = ("polarization", "l1", "none")  # granularity="channel": penalty on the BatchNorm gates
+DEFAULT_CHANNEL_PENALTY = 1e-4
+DEFAULT_POLARIZATION_T = 1.2
+DEFAULT_STRIPE_PENALTY = 5e-5
 
 # Scoring methods' defaults (their `{method}_*` fields of LotteryArguments)
 DEFAULT_SYNFLOW_ITERATIONS = 100

@@ -5,7 +5,8 @@
 - `post_init` (run at the end of every model's `__init__`, inside `from_pretrained` before any weight is loaded):
   when the config records `pruned_heads` / `pruned_neurons` and the family has a layout, the freshly built skeleton
   is shrunk to that structure, so the checkpoint's tensors fit exactly (no `ignore_mismatched_sizes`, no newly
-  initialised weights). This is what transformers 4 did with `config.pruned_heads` in `init_weights`, so checkpoints
+  initialised weights); conv nets likewise lose the inner channels of `config.pruned_channels` and turn the convs of
+  `config.pruned_stripes` into stripe-wise convs. This is what transformers 4 did with `config.pruned_heads` in `init_weights`, so checkpoints
   pruned with transformers 4 load the same way.
 - `save_pretrained`: for a shrunk model, `config.auto_map` points every Auto class of the family at a
   self-contained modeling file, written beside the weights, so the folder also loads where hf_lottery is not
@@ -24,8 +25,10 @@ from typing import Any
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from ..structured.channels import apply_config_channels_
 from ..structured.remote import prepare_auto_map, write_modeling_file
 from ..structured.shrink import apply_config_structure_
+from ..structured.stripes import apply_config_stripes_
 
 logger = logging.get_logger(__name__)
 
@@ -37,6 +40,8 @@ def _post_init(original: Callable[..., Any]) -> Callable[..., Any]:
     def post_init(self: PreTrainedModel) -> None:
         original(self)
         apply_config_structure_(self)
+        apply_config_channels_(self)  # conv nets: inner channels, then stripe-wise convs
+        apply_config_stripes_(self)
 
     return post_init
 

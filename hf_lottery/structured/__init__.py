@@ -1,9 +1,19 @@
-"""Structured pruning of transformer blocks: remove attention heads and feed-forward neurons.
+"""Structured pruning: attention heads and feed-forward neurons of transformer blocks; inner channels and stripes
+of conv nets.
 
 `from_pretrained` rebuilds shrunk models through the loading hooks of `hf_lottery.integrations.transformers`,
 which `import hf_lottery` installs.
 """
 
+from .conv_flops import conv_macs
+from .conv_imp import (
+    compact_channels_by_mask,
+    conv_structure_counts,
+    prune_channels,
+    prune_stripes,
+    stripe_model_by_mask,
+)
+from .conv_layouts import ConvLayout, find_conv_layout, get_conv_layout, register_conv_layout
 from .flops import encoder_matmul_flops
 from .gates import GroupScores, StructureGates, attach_gates
 from .layouts import BlockLayout, find_layout, get_layout, register_layout
@@ -19,31 +29,44 @@ from .scores import (
     register_structure_scoring,
     score_structures,
 )
+from .stripes import StripeConv2d, stripe_conv_im2col
 from .surgery import prune_heads, prune_neurons, pruned_structure, structure_counts
 
 __all__ = [
     "STRUCTURE_SCORERS",
     "BlockLayout",
+    "ConvLayout",
     "GroupScores",
     "StructureGates",
+    "StripeConv2d",
     "StructureScores",
     "attach_gates",
     "compact",
+    "compact_channels_by_mask",
+    "conv_macs",
+    "conv_structure_counts",
     "encoder_matmul_flops",
+    "find_conv_layout",
     "find_layout",
     "first_order_scores",
     "gate_scores",
+    "get_conv_layout",
     "get_layout",
     "magnitude_scores",
     "polarization_regularizer",
     "prune_heads",
+    "prune_channels",
     "prune_neurons",
+    "prune_stripes",
     "pruned_structure",
     "random_scores",
     "register_structure_scoring",
+    "register_conv_layout",
     "register_layout",
     "score_structures",
     "select_below",
     "select_structures",
+    "stripe_conv_im2col",
+    "stripe_model_by_mask",
     "structure_counts",
 ]

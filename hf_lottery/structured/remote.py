@@ -20,7 +20,7 @@ from transformers.models.auto import modeling_auto
 from transformers.utils import logging
 
 from ..constants import STRUCTURED_MODELING_FILE
-from . import layouts, shrink
+from . import channels, conv_layouts, layouts, shrink, stripes
 
 logger = logging.get_logger(__name__)
 
@@ -36,6 +36,7 @@ AUTO_CLASS_TABLES = {
     "AutoModelForMultipleChoice": "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES",
     "AutoModelForNextSentencePrediction": "MODEL_FOR_NEXT_SENTENCE_PREDICTION_MAPPING_NAMES",
     "AutoModelForTextEncoding": "MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES",
+    "AutoModelForImageClassification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
 }
 
 _HEADER = '''"""Structured pruning support for {family} checkpoints whose blocks lost attention heads or FFN neurons.
@@ -61,11 +62,11 @@ def _with_structure(base):
     class Structured(base):
         def post_init(self):
             super().post_init()
-            apply_config_structure_(self)
+{apply_calls}
 
     Structured.__name__ = Structured.__qualname__ = base.__name__
     Structured.__module__ = __name__
-    Structured.__doc__ = f"`{{base.__name__}}` shrunk to the heads and neurons recorded in its config."
+    Structured.__doc__ = f"`{{base.__name__}}` shrunk to the {what} recorded in its config."
     return Structured
 
 
@@ -133,7 +134,53 @@ def modeling_source(family: str, class_names: list[str] | tuple[str, ...]) -> st
         + _module_body(layouts)
         + "\n\n"
         + _module_body(shrink)
-        + _CLASSES.format(assignments=assignments)
+        + _CLASSES.format(
+            assignments=assignments, apply_calls="            apply_config_structure_(self)", what="heads and neurons"
+        )
+    )
+
+
+_CONV_HEADER = '''"""Support for {family} checkpoints whose conv blocks lost inner channels or whose convs lost stripes.
+
+Written by hf_lottery {version} beside the weights so that this folder loads where hf_lottery is not installed:
+`AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)` (any Auto class listed in
+`auto_map`). Each class below is the stock transformers class, shrunk to `config.pruned_channels` and with the convs
+of `config.pruned_stripes` in their stripe-wise form, before the weights are loaded. Needs torch and transformers only.
+"""
+
+from __future__ import annotations
+'''
+
+
+def conv_modeling_source(family: str, class_names: list[str] | tuple[str, ...]) -> str:
+    """
+    The text of the self-contained modeling file for conv nets that lost channels or stripes.
+
+    Args:
+        family (`str`):
+            Family name, used in the docstring.
+        class_names (`list[str]`):
+            transformers model classes to wrap.
+    """
+    try:
+        lib_version = version("hf-lottery")
+    except PackageNotFoundError:  # a source checkout
+        lib_version = "(source)"
+    assignments = "\n".join(f"{n} = _with_structure(_transformers.{n})" for n in sorted(set(class_names)))
+    calls = "            apply_config_channels_(self)\n            apply_config_stripes_(self)"
+    return (
+        _CONV_HEADER.format(family=family, version=lib_version)
+        + "\n"
+        + "\n\n".join(_module_body(module) for module in (conv_layouts, channels, stripes))
+        + _CLASSES.format(assignments=assignments, apply_calls=calls, what="channels and stripes")
+    )
+
+
+def has_conv_structure(model: PreTrainedModel) -> bool:
+    """Whether `model.config` records removed conv channels or stripes."""
+    config = getattr(model, "config", None)
+    return bool(
+        getattr(config, channels.PRUNED_CHANNELS_ATTR, None) or getattr(config, stripes.PRUNED_STRIPES_ATTR, None)
     )
 
 
@@ -157,7 +204,8 @@ def prepare_auto_map(model: PreTrainedModel) -> dict[str, str] | None:
         `dict[str, str] | None`: the Auto classes to define, or `None` when the model needs no remote code.
     """
     layout = layouts.find_layout(model.config)
-    if layout is None or not has_structure(model):
+    conv = has_conv_structure(model)
+    if not conv and (layout is None or not has_structure(model)):
         return None
     if not _is_plain_family_model(model):
         logger.warning(
@@ -188,7 +236,10 @@ def write_modeling_file(model: PreTrainedModel, save_directory: str | os.PathLik
     Returns:
         `Path`: the file written.
     """
-    layout = layouts.get_layout(model.config)
     path = Path(save_directory) / STRUCTURED_MODELING_FILE
-    path.write_text(modeling_source(layout.name, list(names.values())), encoding="utf-8")
+    if has_conv_structure(model):
+        source = conv_modeling_source(model.config.model_type, list(names.values()))
+    else:
+        source = modeling_source(layouts.get_layout(model.config).name, list(names.values()))
+    path.write_text(source, encoding="utf-8")
     return path

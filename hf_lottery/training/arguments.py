@@ -8,9 +8,13 @@ from transformers import TrainingArguments
 
 from ..types import (
     AUTO_TENSOR_SPARSITY,
+    CHANNEL_REGULARIZERS,
     COLLAPSE_POLICIES,
+    DEFAULT_CHANNEL_PENALTY,
     DEFAULT_HYDRA_LEARNING_RATE,
     DEFAULT_MAX_TENSOR_SPARSITY,
+    DEFAULT_POLARIZATION_T,
+    DEFAULT_STRIPE_PENALTY,
     DEFAULT_SYNFLOW_ITERATIONS,
     GRANULARITIES,
     HYDRA_OPTIMIZERS,
@@ -139,7 +143,9 @@ class LotteryArguments(TrainingArguments):
         metadata={
             "help": "What is pruned: 'weight' (unstructured), or whole attention heads and/or FFN neurons "
             "('head', 'neuron', 'head+neuron'): target_sparsity and pruning_rate then count groups, and "
-            "save_model writes the physically smaller model.",
+            "save_model writes the physically smaller model. Conv nets: 'channel' (inner channels of residual "
+            "blocks, BatchNorm scales as gates; counts channels) or 'stripe' (Filter Skeleton stripes; counts "
+            "conv weights).",
             "choices": list(GRANULARITIES),
         },
     )
@@ -236,6 +242,36 @@ class LotteryArguments(TrainingArguments):
         },
     )
 
+    # Conv nets (granularity="channel" | "stripe")
+    channel_regularizer: str = field(
+        default="polarization",
+        metadata={
+            "help": "granularity='channel': penalty on the BatchNorm scales gating the inner channels, added to "
+            "their gradients at every step: 'polarization' (Zhuang et al. 2020; scales kept in [0, 1]), 'l1' "
+            "(network slimming) or 'none'.",
+            "choices": list(CHANNEL_REGULARIZERS),
+        },
+    )
+    channel_penalty: float = field(
+        default=DEFAULT_CHANNEL_PENALTY,
+        metadata={"help": "granularity='channel': weight (lambda) of channel_regularizer."},
+    )
+    polarization_t: float = field(
+        default=DEFAULT_POLARIZATION_T,
+        metadata={"help": "channel_regularizer='polarization': t in t*L1(g) - L1(g - mean(g)); larger prunes more."},
+    )
+    stripe_penalty: float = field(
+        default=DEFAULT_STRIPE_PENALTY,
+        metadata={"help": "granularity='stripe': L1 weight (alpha) of the Filter Skeleton."},
+    )
+    stripe_skeleton_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "granularity='stripe': step size of the Filter Skeleton. Default: the optimizer's current "
+            "learning rate."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.target_sparsity < 1.0:
@@ -296,6 +332,14 @@ class LotteryArguments(TrainingArguments):
                 f"distill_teacher={self.distill_teacher!r} is set but distill_alpha=0 turns distillation off; set "
                 "distill_alpha (e.g. 0.5) or drop distill_teacher."
             )
+        _choices("channel_regularizer", self.channel_regularizer, CHANNEL_REGULARIZERS)
+        if self.channel_penalty < 0 or self.stripe_penalty < 0:
+            raise ValueError(
+                f"channel_penalty and stripe_penalty must be >= 0, got {self.channel_penalty} and "
+                f"{self.stripe_penalty}."
+            )
+        if self.stripe_skeleton_learning_rate is not None and self.stripe_skeleton_learning_rate <= 0:
+            raise ValueError(f"stripe_skeleton_learning_rate must be > 0, got {self.stripe_skeleton_learning_rate}.")
 
     @property
     def distills(self) -> bool:

@@ -111,6 +111,7 @@ class LotteryCallback(TrainerCallback):
         self._level_start = (0, time.time())  # (global step, wall time) at which the current level began
         self._early_stop = False  # the early-bird watcher ended the current level
         self._last_eval: tuple[int, dict[str, float]] = (-1, {})
+        self._penalties: list[TrainerCallback] = []  # the granularity's own callbacks (channel/stripe penalties)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -194,6 +195,13 @@ class LotteryCallback(TrainerCallback):
             rounds.early_bird.load(watcher_file)
         self._enforcer.set_mask(model, mask, optimizer)
         self.ticket = mask
+        self._penalties = rounds.granularity.training_callbacks(self.lottery_args)
+        for penalty in self._penalties:
+            penalty.on_train_begin(args, state, control, model=model, optimizer=optimizer, **kwargs)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for penalty in self._penalties:
+            penalty.on_pre_optimizer_step(args, state, control, **kwargs)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self._distiller is not None and self._distiller.calls == 0:
@@ -232,6 +240,8 @@ class LotteryCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self._enforcer.on_optimizer_step(args, state, control, **kwargs)
+        for penalty in self._penalties:
+            penalty.on_optimizer_step(args, state, control, **kwargs)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self._last_eval = (state.global_step, {k: v for k, v in (metrics or {}).items() if k.startswith("eval_")})

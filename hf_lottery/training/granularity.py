@@ -1,8 +1,9 @@
-"""What a lottery run prunes: single weights, or whole heads and FFN neurons. One strategy interface.
+"""What a lottery run prunes: single weights, whole heads and FFN neurons, or conv channels and stripes. One
+strategy interface.
 
 Both front doors ([`LotteryTrainer`] and [`LotteryCallback`]) ask the strategy of `args.granularity` for the
-weights a dense mask covers, for the next mask, for the extra fields of a round's record and for the final model;
-neither branches on the granularity itself.
+weights a dense mask covers, for the next mask, for the extra fields of a round's record, for the callbacks that
+train its penalties and for the final model; neither branches on the granularity itself.
 """
 
 from __future__ import annotations
@@ -12,12 +13,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 from ..pruning.prune import prune_with_arguments, pruning_seed
 from ..scoring import scoring_spec
+from ..structured.conv_imp import (
+    channel_parameters,
+    compact_channels_by_mask,
+    kept_stripes,
+    prune_channels,
+    prune_stripes,
+    removed_channels,
+    stripe_model_by_mask,
+    stripe_parameters,
+)
 from ..structured.imp import compact_by_mask, prune_structured, removed_groups, structured_parameters
 from ..ticket.mask import TicketMask
 from ..utils.parameters import prunable_parameters
+from .conv_regularization import ChannelPenaltyCallback, FilterSkeletonCallback
 
 Batches = Callable[[], Iterable[Any]]
 
@@ -48,6 +61,10 @@ class Granularity:
     def final_model(self, model: nn.Module, mask: TicketMask) -> nn.Module | None:
         """The model `save_model` writes instead of the masked one (None: the masked model, zeros in place)."""
         return None
+
+    def training_callbacks(self, args: Any) -> list[TrainerCallback]:
+        """Callbacks that train this granularity's penalties during every round (none by default)."""
+        return []
 
 
 class WeightGranularity(Granularity):
@@ -92,6 +109,67 @@ class GroupGranularity(Granularity):
         return compact_by_mask(model, mask)
 
 
+def _collapse_guard(args: Any) -> float:
+    return args.max_tensor_sparsity if args.max_tensor_sparsity is not None else 1.0
+
+
+class ChannelGranularity(Granularity):
+    """Conv nets: the inner channels of residual blocks, ranked by |BatchNorm scale| (the gates), trained with the
+    polarization (or L1) penalty; compacted when the model is saved. Sparsities count channels."""
+
+    name = "channel"
+
+    def covered_parameters(self, model: nn.Module, args: Any) -> dict[str, nn.Parameter]:
+        return channel_parameters(model)
+
+    def prune(self, model, args, sparsity, mask, index, batches):
+        return prune_channels(
+            model, sparsity, mask, scope=args.pruning_scope, max_tensor_sparsity=_collapse_guard(args)
+        )
+
+    def record_fields(self, model: nn.Module, mask: TicketMask) -> dict[str, Any]:
+        return {"removed_groups": {"channels": sum(len(v) for v in removed_channels(model, mask).values())}}
+
+    def final_model(self, model: nn.Module, mask: TicketMask) -> nn.Module | None:
+        return compact_channels_by_mask(model, mask)
+
+    def training_callbacks(self, args: Any) -> list[TrainerCallback]:
+        if args.channel_regularizer == "none":
+            return []
+        return [ChannelPenaltyCallback(args.channel_regularizer, args.channel_penalty, args.polarization_t)]
+
+
+class StripeGranularity(Granularity):
+    """Conv nets: stripes (a filter's 1x1 slice at one kernel position), ranked by their weights after training
+    with the Filter Skeleton; saved as stripe-wise convs. Sparsities count conv weights."""
+
+    name = "stripe"
+
+    def covered_parameters(self, model: nn.Module, args: Any) -> dict[str, nn.Parameter]:
+        return stripe_parameters(model)
+
+    def prune(self, model, args, sparsity, mask, index, batches):
+        return prune_stripes(
+            model, sparsity, mask, scope=args.pruning_scope, max_tensor_sparsity=_collapse_guard(args)
+        )
+
+    def record_fields(self, model: nn.Module, mask: TicketMask) -> dict[str, Any]:
+        return {"removed_groups": {"stripes": sum(int((~kept_stripes(m)).sum()) for m in mask.values())}}
+
+    def final_model(self, model: nn.Module, mask: TicketMask) -> nn.Module | None:
+        return stripe_model_by_mask(model, mask)
+
+    def training_callbacks(self, args: Any) -> list[TrainerCallback]:
+        return [FilterSkeletonCallback(args.stripe_penalty, args.stripe_skeleton_learning_rate)]
+
+
+_CONV_GRANULARITIES: dict[str, type[Granularity]] = {"channel": ChannelGranularity, "stripe": StripeGranularity}
+
+
 def granularity_for(args: Any) -> Granularity:
     """The strategy of `args.granularity`."""
-    return WeightGranularity() if args.granularity == "weight" else GroupGranularity(args.granularity)
+    if args.granularity == "weight":
+        return WeightGranularity()
+    if args.granularity in _CONV_GRANULARITIES:
+        return _CONV_GRANULARITIES[args.granularity]()
+    return GroupGranularity(args.granularity)

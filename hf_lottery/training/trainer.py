@@ -138,6 +138,8 @@ class LotteryTrainer(Trainer):
         self.lottery_round: int | None = None
         self._run_state = RunState(self.args.output_dir, should_write=self.args.should_save)
         self._rounds = LotteryRounds(self.args, self._run_state)
+        for callback in self._rounds.granularity.training_callbacks(self.args):  # penalties of channel/stripe runs
+            self.add_callback(callback)
         self._ticket_metadata: dict[str, Any] = {}
         self._extra_ticket_metadata = dict(ticket_metadata or {})
         if teacher is not None and not self.args.distills:

@@ -99,12 +99,26 @@ def _base_model_prefix(model: nn.Module) -> str | None:
     return None
 
 
+def _conv_weight_names(root: nn.Module, prefix: str | None) -> list[str]:
+    """The kernels of every `nn.Conv2d` under `root` (conv nets: ResNet, MobileNetV2, ConvNeXt's depthwise convs).
+
+    BatchNorm is never included: its scales are the channel gates of structured pruning, and zeroing one
+    silences the whole channel. Patch embeddings of vision transformers live under `embeddings` and stay out.
+    """
+    names = []
+    for module_name, module in root.named_modules():
+        if isinstance(module, nn.Conv2d) and not _DEFAULT_EXCLUDED.search(module_name):
+            names.append(f"{prefix}.{module_name}.weight" if prefix else f"{module_name}.weight")
+    return names
+
+
 def default_prunable_names(model: nn.Module) -> list[str]:
     """Names of the default prunable parameters (as BERT-Tickets).
 
     The weight matrix of every `nn.Linear` inside the base model (the encoder's Q, K, V, attention output,
-    intermediate and output projections, and the pooler). Never embeddings, LayerNorm, biases or the task head:
-    the head lives outside `model.base_model_prefix`, and for a bare encoder every Linear counts.
+    intermediate and output projections, and the pooler), and the kernel of every `nn.Conv2d` there (conv nets).
+    Never embeddings, LayerNorm, BatchNorm, biases or the task head: the head lives outside
+    `model.base_model_prefix`, and for a bare encoder every Linear counts.
     """
     prefix = _base_model_prefix(model)
     root = getattr(model, prefix) if prefix else model
@@ -113,6 +127,7 @@ def default_prunable_names(model: nn.Module) -> list[str]:
         if isinstance(module, nn.Linear) and not _DEFAULT_EXCLUDED.search(module_name):
             full = f"{prefix}.{module_name}" if prefix else module_name
             names.append(f"{full}.weight")
+    names += _conv_weight_names(root, prefix)
     return original_names(model, names)  # under peft: `...query.base_layer.weight` -> `...query.weight`
 
 
@@ -142,7 +157,11 @@ def prunable_parameters(model: nn.Module, prune_modules: Sequence[str] | str | N
         wanted = {name for name in params if any(c.fullmatch(name) for c in compiled)}
     selected = {name: p for name, p in params.items() if name in wanted and p.is_floating_point()}
     if not selected:
-        what = "the default set (nn.Linear weights of the base model)" if prune_modules is None else prune_modules
+        what = (
+            "the default set (nn.Linear and nn.Conv2d weights of the base model)"
+            if prune_modules is None
+            else prune_modules
+        )
         raise ValueError(
             f"No prunable parameters found in {type(model).__name__} for {what}. Pass `prune_modules` with regular "
             "expressions that match parameter names, e.g. [r'.*encoder.*\\.weight']."

@@ -1,0 +1,360 @@
+"""Conv nets from scratch on real images (scikit-learn's digits, shipped offline): dense vs channel pruning with
+polarization vs channel pruning with plain L1 vs stripe-wise pruning (Filter Skeleton) vs an unstructured IMP ticket,
+compared at equal FLOPs, with measured CPU latency; plus a micro-benchmark of the two stripe-wise inference forms.
+
+Every method is a `LotteryTrainer` run on the same small HF ResNet (`ResNetForImageClassification`, basic blocks),
+trained from scratch, `rewind="lr"` (learning-rate rewinding, Renda et al. 2020) so that each round retrains its
+survivors. Each run records every round's test accuracy and FLOP-ideal cost (`conv_macs` of the masked model); the
+table interpolates each method's accuracy at the FLOP budgets of `--flop-budgets` (fraction of the dense model's
+multiply-accumulates) and reports the mean ± std over seeds. The dense baseline is round 0 of the unstructured run.
+Latency is measured on the final compact model of each run (channel: shrunk convs; stripe: `StripeConv2d`, in both
+its inference forms; unstructured: the masked dense model, which runs at dense speed).
+
+Resumable: each (method, seed) result is written to `--output-json` as soon as it finishes and skipped on rerun.
+
+    python bench/conv_study.py                                        # full study (needs a quiet machine)
+    python bench/conv_study.py --smoke --output-json /tmp/conv_smoke.json --output-md /tmp/conv_smoke.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from sklearn.datasets import load_digits
+from torch import nn
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from hf_lottery import LotteryArguments, LotteryTrainer
+from hf_lottery.structured import StripeConv2d, conv_macs, stripe_conv_im2col
+
+METHODS = {
+    # name: LotteryArguments overrides
+    "unstructured": {"granularity": "weight"},
+    "channel+polarization": {"granularity": "channel", "channel_regularizer": "polarization"},
+    "channel+l1": {"granularity": "channel", "channel_regularizer": "l1"},
+    "stripe": {"granularity": "stripe"},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--image-size", type=int, default=32, help="digits (8x8) are upsampled to this size")
+    p.add_argument("--hidden-sizes", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--depths", type=int, nargs="+", default=[1, 1, 1])
+    p.add_argument("--epochs", type=float, default=15.0, help="epochs per round")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--target-sparsity", type=float, default=0.8, help="last round (channels, stripes or weights)")
+    p.add_argument("--pruning-rate", type=float, default=0.2)
+    p.add_argument("--channel-penalty", type=float, default=1e-4)
+    p.add_argument("--polarization-t", type=float, default=1.2)
+    p.add_argument("--stripe-penalty", type=float, default=5e-5)
+    p.add_argument("--flop-budgets", type=float, nargs="+", default=[0.6, 0.4], help="fractions of dense MACs")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (training and latency)")
+    p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--repeats", type=int, default=20, help="timed samples per model (median kept)")
+    p.add_argument("--smoke", action="store_true", help="tiny budget: 1 seed, 1 epoch, small widths (checks only)")
+    p.add_argument("--output-json", default="bench/conv_study_results.json")
+    p.add_argument("--output-md", default="bench/RESULTS_conv.md")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.epochs, args.hidden_sizes, args.repeats = [0], 1.0, [8, 16, 32], 3
+        args.target_sparsity, args.pruning_rate, args.image_size = 0.6, 0.3, 16
+    return args
+
+
+def environment(args: argparse.Namespace) -> dict:
+    return {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "command": " ".join([sys.executable, *sys.argv]),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def digits(image_size: int, seed: int = 0):
+    """Train / test splits (80 / 20, stratified by a fixed permutation) of the 1,797 digits, scaled to [0, 1]."""
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = nn.functional.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
+    images = (images - images.mean()) / images.std()
+    labels = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))
+    cut = int(0.8 * len(order))
+    return _Images(images[order[:cut]], labels[order[:cut]]), _Images(images[order[cut:]], labels[order[cut:]])
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.pixels[i], "labels": self.labels[i]}
+
+
+def resnet(args: argparse.Namespace, seed: int) -> ResNetForImageClassification:
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=1,
+        embedding_size=args.hidden_sizes[0],
+        hidden_sizes=args.hidden_sizes,
+        depths=args.depths,
+        layer_type="basic",
+        num_labels=10,
+        downsample_in_first_stage=False,
+    )
+    return ResNetForImageClassification(config)
+
+
+def accuracy(eval_pred) -> dict:
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace, train, test) -> dict:
+    overrides = dict(METHODS[method])
+    with tempfile.TemporaryDirectory() as out:
+        lottery = LotteryArguments(
+            output_dir=out,
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=256,
+            learning_rate=args.lr,
+            lr_scheduler_type="cosine",
+            weight_decay=5e-4,
+            seed=seed,
+            report_to=[],
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+            target_sparsity=args.target_sparsity,
+            pruning_rate=args.pruning_rate,
+            rewind="lr",
+            channel_penalty=args.channel_penalty,
+            polarization_t=args.polarization_t,
+            stripe_penalty=args.stripe_penalty,
+            **overrides,
+        )
+        model = resnet(args, seed)
+        sample = train.pixels[:2]  # CPU inputs for the FLOP count (the model is on CPU until train() starts)
+        dense_macs = conv_macs(model.eval(), sample)["total"]
+        rounds: list[dict] = []
+
+        class _Cost(transformers.TrainerCallback):
+            def on_train_end(self, a, state, control, model=None, **kwargs):
+                mask = trainer.current_mask
+                was_training = model.training
+                x = sample.to(next(model.parameters()).device)
+                rounds.append({"macs": conv_macs(model.eval(), x, mask)["total"] / dense_macs})
+                model.train(was_training)
+
+        trainer = LotteryTrainer(
+            model=model, args=lottery, train_dataset=train, eval_dataset=test, compute_metrics=accuracy
+        )
+        trainer.add_callback(_Cost())
+        started = time.time()
+        trainer.train()
+        seconds = time.time() - started
+        for record, cost in zip(trainer.lottery_history, rounds):
+            cost.update(
+                round=record["round"], sparsity=record["sparsity"], accuracy=record["metrics"]["eval_accuracy"]
+            )
+        final = trainer._rounds.final_model(trainer.model, trainer.current_mask)
+        final = (final if final is not None else trainer.model).cpu().eval()  # latency is measured on CPU
+        latency = time_model(final, args, sample.shape[1:])
+        if method == "stripe":  # the other inference form of the same model
+            for module in final.modules():
+                if isinstance(module, StripeConv2d):
+                    module.form = "im2col"
+            latency.update({f"im2col {b}": v for b, v in time_model(final, args, sample.shape[1:]).items()})
+    return {
+        "method": method,
+        "seed": seed,
+        "rounds": rounds,
+        "final_macs": rounds[-1]["macs"],
+        "latency_ms": latency,
+        "train_seconds": round(seconds, 1),
+    }
+
+
+@torch.no_grad()
+def _median_ms(fn, x: torch.Tensor, repeats: int) -> float:
+    for _ in range(2):
+        fn(x)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        samples.append(1000 * (time.perf_counter() - start))
+    return round(statistics.median(samples), 3)
+
+
+def time_model(model: nn.Module, args: argparse.Namespace, shape) -> dict:
+    return {
+        str(b): _median_ms(lambda x: model(pixel_values=x), torch.randn(b, *shape), args.repeats)
+        for b in args.latency_batches
+    }
+
+
+def stripe_forms(args: argparse.Namespace) -> list[dict]:
+    """One 3x3 conv at ResNet-18 stage-1 and stage-3 sizes, stripe-pruned by magnitude at several levels: dense
+    conv2d vs the masked conv2d vs the per-position 1x1 form (`StripeConv2d`) vs the im2col with kept columns."""
+    rows = []
+    sizes = [(64, 56)] if not args.smoke else [(16, 14)]
+    sizes += [(256, 14)] if not args.smoke else []
+    for channels, size in sizes:
+        torch.manual_seed(0)
+        conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+        x = torch.randn(1 if not args.smoke else 2, channels, size, size)
+        for fraction in (0.5, 0.7, 0.9):
+            scores = conv.weight.detach().pow(2).mean(dim=1)
+            kept = scores > scores.flatten().kthvalue(max(1, int(fraction * scores.numel()))).values
+            stripe = StripeConv2d.from_conv(conv, kept)
+            masked = conv.weight * kept[:, None]
+            rows.append(
+                {
+                    "channels": channels,
+                    "size": size,
+                    "stripes_removed": fraction,
+                    "ideal_speedup": round(kept.numel() / int(kept.sum()), 2),
+                    "dense_ms": _median_ms(conv, x, args.repeats),
+                    "masked_ms": _median_ms(
+                        lambda t, w=masked: nn.functional.conv2d(t, w, padding=1), x, args.repeats
+                    ),
+                    "per_position_1x1_ms": _median_ms(stripe, x, args.repeats),
+                    "im2col_kept_columns_ms": _median_ms(
+                        lambda t, c=conv, k=kept: stripe_conv_im2col(t, c, k), x, args.repeats
+                    ),
+                }
+            )
+    return rows
+
+
+def summarize(results: list[dict], budgets: list[float]) -> list[dict]:
+    """Each method's accuracy interpolated at each FLOP budget (mean ± std over seeds), plus its last round."""
+    table = []
+    by_method: dict[str, list[dict]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    # Round 0 of the unstructured run is the plain dense model (the other runs' round 0 trains with a penalty).
+    dense = [r["rounds"][0]["accuracy"] for r in by_method.get("unstructured", [])]
+    if dense:
+        table.append({"method": "dense", "budget": 1.0, "accuracy": _mean_std(dense), "seeds": len(dense)})
+    for method, runs in by_method.items():
+        for budget in budgets:
+            values = []
+            for r in runs:
+                macs = [x["macs"] for x in r["rounds"]]
+                accs = [x["accuracy"] for x in r["rounds"]]
+                if min(macs) <= budget:  # np.interp needs increasing x
+                    values.append(float(np.interp(budget, macs[::-1], accs[::-1])))
+            table.append(
+                {
+                    "method": method,
+                    "budget": budget,
+                    "accuracy": _mean_std(values) if values else "not reached",
+                    "seeds": len(values),
+                }
+            )
+    return table
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
+    env = store["environment"]
+    lines = [
+        "# Conv nets from scratch on scikit-learn's digits",
+        "",
+        f"Command: `{env['command']}`  ",
+        f"Machine: {env['machine']}, {env['cpus']} CPUs, load average {env['loadavg']}, torch {env['torch']}, "
+        f"transformers {env['transformers']}, {env['threads']} threads, {env['time']}.",
+        "",
+        "## Accuracy at equal FLOPs (test accuracy %, interpolated between rounds; mean ± std over seeds)",
+        "",
+        "| method | MACs (fraction of dense) | accuracy | seeds |",
+        "|---|---|---|---|",
+    ]
+    for row in summarize(store["results"], args.flop_budgets):
+        lines.append(f"| {row['method']} | {row['budget']:.2f} | {row['accuracy']} | {row['seeds']} |")
+    lines += ["", "## Final round: FLOP-ideal cost and measured CPU latency (ms, median)", ""]
+    batches = [str(b) for b in args.latency_batches]
+    lines.append("| method | seed | MACs | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    lines.append("|---" * (3 + len(batches)) + "|")
+    for r in store["results"]:
+        lat = " | ".join(str(r["latency_ms"].get(b)) for b in batches)
+        lines.append(f"| {r['method']} | {r['seed']} | {r['final_macs']:.3f} | {lat} |")
+        if f"im2col {batches[0]}" in r["latency_ms"]:
+            lat = " | ".join(str(r["latency_ms"].get(f"im2col {b}")) for b in batches)
+            lines.append(f"| {r['method']} (im2col form) | {r['seed']} | {r['final_macs']:.3f} | {lat} |")
+    lines += ["", "## Stripe-wise inference forms (one 3x3 conv, ms, median)", ""]
+    lines.append(
+        "| channels | size | stripes removed | ideal speed-up | dense | masked | per-position 1x1 | im2col kept columns |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for row in store.get("stripe_forms", []):
+        lines.append(
+            f"| {row['channels']} | {row['size']} | {row['stripes_removed']} | {row['ideal_speedup']} | "
+            f"{row['dense_ms']} | {row['masked_ms']} | {row['per_position_1x1_ms']} | {row['im2col_kept_columns_ms']} |"
+        )
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    path = Path(args.output_json)
+    store = json.loads(path.read_text()) if path.is_file() else {"results": []}
+    store["environment"] = environment(args)
+    store["settings"] = {k: v for k, v in vars(args).items() if k not in ("output_json", "output_md")}
+    done = {(r["method"], r["seed"]) for r in store["results"]}
+    train, test = digits(args.image_size)
+    for seed in args.seeds:
+        for method in args.methods:
+            if (method, seed) in done:
+                continue
+            print(f"[conv_study] {method} seed {seed}", flush=True)
+            store["results"].append(run_one(method, seed, args, train, test))
+            _write_json(path, store)
+    if "stripe_forms" not in store:
+        store["stripe_forms"] = stripe_forms(args)
+        _write_json(path, store)
+    write_markdown(args.output_md, store, args)
+    print(Path(args.output_md).read_text())
+
+
+def _write_json(path: Path, store: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(store, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
