@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..selector import resolve_max_tensor_sparsity
 from ..ticket.mask import TicketMask
 from ..types import DEFAULT_MAX_TENSOR_SPARSITY
 from .channels import PRUNED_CHANNELS_ATTR, channel_units, remove_channels_
@@ -30,9 +31,11 @@ def _prefix(model: nn.Module) -> str:
     return f"{model.base_model_prefix}." if base is not model else ""
 
 
-def _kept_at_least(total: int, max_tensor_sparsity: float) -> int:
-    """Groups a tensor keeps at least under the layer-collapse guard (one at the very least)."""
-    return max(1, math.ceil(total * (1.0 - max_tensor_sparsity) - 1e-9))
+def _kept_at_least(total: int, max_tensor_sparsity: float | str | None, fraction: float) -> int:
+    """Groups a tensor keeps at least under the layer-collapse guard (one at the very least); the guard is read as
+    the selector reads it (`"auto"` adapts to the requested fraction, `None` disables it)."""
+    cap = resolve_max_tensor_sparsity(max_tensor_sparsity, fraction)
+    return max(1, math.ceil(total * (1.0 - (1.0 if cap is None else cap)) - 1e-9))
 
 
 def _select_lowest(
@@ -129,7 +132,7 @@ def prune_channels(
     fraction: float,
     mask: TicketMask | None = None,
     scope: str = "global",
-    max_tensor_sparsity: float = DEFAULT_MAX_TENSOR_SPARSITY,
+    max_tensor_sparsity: float | str | None = DEFAULT_MAX_TENSOR_SPARSITY,
 ) -> TicketMask:
     """
     Remove the inner channels with the smallest |BatchNorm scale| so that `fraction` of them is removed in total.
@@ -140,7 +143,7 @@ def prune_channels(
         mask (`TicketMask`, *optional*): the current channel mask; its channels stay removed.
         scope (`str`): `"global"` ranks channels across units (scales are comparable: every unit is followed by its
             own BatchNorm), `"layer"` within each unit.
-        max_tensor_sparsity (`float`): no unit loses more than this fraction of its channels (one is always kept).
+        max_tensor_sparsity (`float`, `"auto"` or `None`): no unit loses more than this fraction of its channels (one is always kept).
     """
     removed = removed_channels(model, mask) if mask is not None else {}
     gates = channel_gates(model)
@@ -149,7 +152,7 @@ def prune_channels(
     for path, gate in gates.items():
         gone = set(removed.get(path, ()))
         candidates[path] = [(abs(float(v)), path, i, 1) for i, v in enumerate(gate.tolist()) if i not in gone]
-        room[path] = gate.numel() - _kept_at_least(gate.numel(), max_tensor_sparsity) - len(gone)
+        room[path] = gate.numel() - _kept_at_least(gate.numel(), max_tensor_sparsity, fraction) - len(gone)
     if scope == "layer":
         chosen = {}
         for path, gate in gates.items():
@@ -220,7 +223,7 @@ def prune_stripes(
     fraction: float,
     mask: TicketMask | None = None,
     scope: str = "global",
-    max_tensor_sparsity: float = DEFAULT_MAX_TENSOR_SPARSITY,
+    max_tensor_sparsity: float | str | None = DEFAULT_MAX_TENSOR_SPARSITY,
 ) -> TicketMask:
     """
     Remove the weakest stripes so that `fraction` of the covered conv weights is removed in total.
@@ -231,7 +234,7 @@ def prune_stripes(
             `scope="layer"`); a stripe of a conv with `c` input channels weighs `c`.
         mask (`TicketMask`, *optional*): the current stripe mask; its stripes stay removed.
         scope (`str`): `"global"` or `"layer"`.
-        max_tensor_sparsity (`float`): no conv loses more than this fraction of its stripes (one is always kept).
+        max_tensor_sparsity (`float`, `"auto"` or `None`): no conv loses more than this fraction of its stripes (one is always kept).
     """
     params = stripe_parameters(model)
     scores = stripe_scores(model)
@@ -247,7 +250,7 @@ def prune_stripes(
         values = scores[name].reshape(-1).tolist()
         candidates[name] = [(values[i], name, i, cost) for i in flat_alive.nonzero().flatten().tolist()]
         total = flat_alive.numel()
-        room[name] = int(flat_alive.sum()) - _kept_at_least(total, max_tensor_sparsity)
+        room[name] = int(flat_alive.sum()) - _kept_at_least(total, max_tensor_sparsity, fraction)
 
     def gone_weights(name: str) -> int:
         return int((~alive[name]).sum()) * params[name].shape[1]

@@ -109,8 +109,8 @@ class GroupGranularity(Granularity):
         return compact_by_mask(model, mask)
 
 
-def _collapse_guard(args: Any) -> float:
-    return args.max_tensor_sparsity if args.max_tensor_sparsity is not None else 1.0
+def _collapse_guard(args: Any) -> float | str | None:
+    return args.max_tensor_sparsity
 
 
 class ChannelGranularity(Granularity):
