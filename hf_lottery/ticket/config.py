@@ -23,6 +23,43 @@ from .fingerprint import combine_digests, tensor_digest
 
 logger = logging.get_logger(__name__)
 
+# The `model_kwargs` a ticket may hand to `from_pretrained`, each with the check its value must pass. They only
+# shape the task head; anything else (trust_remote_code, device_map, file paths, attn_implementation kernels from
+# the Hub, quantization configs...) can run code or touch files, and is passed only when the caller gives it.
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "auto")
+_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+MAX_NUM_LABELS = 1 << 20
+SAFE_MODEL_KWARGS: dict[str, Any] = {
+    "num_labels": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_NUM_LABELS,
+    "id2label": lambda v: isinstance(v, dict)
+    and len(v) <= MAX_NUM_LABELS
+    and all(isinstance(k, str) and k.isdigit() and isinstance(x, str) for k, x in v.items()),
+    "label2id": lambda v: isinstance(v, dict)
+    and len(v) <= MAX_NUM_LABELS
+    and all(isinstance(k, str) and isinstance(x, int) and not isinstance(x, bool) for k, x in v.items()),
+    "problem_type": lambda v: v in _PROBLEM_TYPES,
+    "dtype": lambda v: v in _DTYPES,
+    "torch_dtype": lambda v: v in _DTYPES,
+}
+
+
+def split_model_kwargs(model_kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a ticket's `model_kwargs` into the allow-listed ones with valid values (see `SAFE_MODEL_KWARGS`) and
+    the others, which a ticket may not pass to `from_pretrained` on its own.
+
+    Returns:
+        `tuple[dict, dict]`: `(safe, refused)`.
+    """
+    safe: dict[str, Any] = {}
+    refused: dict[str, Any] = {}
+    for key, value in model_kwargs.items():
+        check = SAFE_MODEL_KWARGS.get(key) if isinstance(key, str) else None
+        if check is not None and check(value):
+            safe[key] = value
+        else:
+            refused[key] = value
+    return safe, refused
+
 # Lottery settings recorded besides the fields LotteryArguments adds to TrainingArguments.
 _TRAINING_HYPERPARAMETERS = (
     "learning_rate",

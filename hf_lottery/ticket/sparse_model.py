@@ -16,7 +16,7 @@ from transformers.utils import logging
 from ..constants import SPARSITY_PLOT_NAME, TICKET_CONFIG_NAME
 from ..utils.io import commit_folder, staging_folder
 from ..utils.parameters import check_mask_fits
-from .config import TicketConfig
+from .config import SAFE_MODEL_KWARGS, TicketConfig, split_model_kwargs
 from .figures import mask_figures
 from .folder import write_ticket_files
 
@@ -93,16 +93,32 @@ def load_base_model(
     **from_pretrained_kwargs: Any,
 ) -> nn.Module:
     """The base model a ticket masks: `base` itself if it is a model, else `model_class.from_pretrained` of `base`
-    or of the recorded base (at the recorded revision), with the recorded `model_kwargs` as defaults."""
+    or of the recorded base (at the recorded revision), with the recorded `model_kwargs` as defaults.
+
+    A ticket is untrusted input: of its `model_kwargs` only the allow-listed ones (`SAFE_MODEL_KWARGS`: the task
+    head's `num_labels`, labels, `problem_type`, `dtype`) are passed. Any other key (`trust_remote_code`,
+    `device_map`, paths...) must be given by the caller, whose value is then used.
+
+    Raises:
+        `ValueError`: the ticket asks for a `from_pretrained` argument outside the allow-list that the caller did
+        not pass.
+    """
     if isinstance(base, nn.Module):
-        model = base
-    else:
-        path = base if base is not None else config.base_model_name_or_path
-        if not path:
-            raise ValueError("The ticket does not record its base model; pass `base=` (a Hub id or a local folder).")
-        if base is None and config.revision and "revision" not in from_pretrained_kwargs:
-            from_pretrained_kwargs["revision"] = config.revision
-        for key, value in config.model_kwargs.items():
-            from_pretrained_kwargs.setdefault(key, value)
-        model = model_class.from_pretrained(path, **from_pretrained_kwargs)
-    return model
+        return base
+    path = base if base is not None else config.base_model_name_or_path
+    if not path:
+        raise ValueError("The ticket does not record its base model; pass `base=` (a Hub id or a local folder).")
+    if base is None and config.revision and "revision" not in from_pretrained_kwargs:
+        from_pretrained_kwargs["revision"] = config.revision
+    safe, refused = split_model_kwargs(config.model_kwargs)
+    refused = {k: v for k, v in refused.items() if k not in from_pretrained_kwargs}
+    if refused:
+        shown = ", ".join(f"{k!s}={v!r}"[:80] for k, v in refused.items())
+        raise ValueError(
+            f"The ticket's {TICKET_CONFIG_NAME} asks `from_pretrained` for {shown}, which a ticket may not set on "
+            f"its own (only {', '.join(SAFE_MODEL_KWARGS)} with plain values). If you trust it, pass the argument "
+            "yourself, e.g. load_model(..., trust_remote_code=True); otherwise pass your own value."
+        )
+    for key, value in safe.items():
+        from_pretrained_kwargs.setdefault(key, value)
+    return model_class.from_pretrained(path, **from_pretrained_kwargs)
