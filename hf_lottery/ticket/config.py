@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from ..constants import TICKET_CONFIG_NAME, TICKET_FORMAT_VERSION
+from ..utils.io import read_json
 from .figures import mask_figures
 from .fingerprint import combine_digests, tensor_digest
 
@@ -31,12 +30,16 @@ _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_clas
 MAX_NUM_LABELS = 1 << 20
 SAFE_MODEL_KWARGS: dict[str, Any] = {
     "num_labels": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_NUM_LABELS,
-    "id2label": lambda v: isinstance(v, dict)
-    and len(v) <= MAX_NUM_LABELS
-    and all(isinstance(k, str) and k.isdigit() and isinstance(x, str) for k, x in v.items()),
-    "label2id": lambda v: isinstance(v, dict)
-    and len(v) <= MAX_NUM_LABELS
-    and all(isinstance(k, str) and isinstance(x, int) and not isinstance(x, bool) for k, x in v.items()),
+    "id2label": lambda v: (
+        isinstance(v, dict)
+        and len(v) <= MAX_NUM_LABELS
+        and all(isinstance(k, str) and k.isdigit() and isinstance(x, str) for k, x in v.items())
+    ),
+    "label2id": lambda v: (
+        isinstance(v, dict)
+        and len(v) <= MAX_NUM_LABELS
+        and all(isinstance(k, str) and isinstance(x, int) and not isinstance(x, bool) for k, x in v.items())
+    ),
     "problem_type": lambda v: v in _PROBLEM_TYPES,
     "dtype": lambda v: v in _DTYPES,
     "torch_dtype": lambda v: v in _DTYPES,
@@ -60,6 +63,7 @@ def split_model_kwargs(model_kwargs: Mapping[str, Any]) -> tuple[dict[str, Any],
             refused[key] = value
     return safe, refused
 
+
 # Lottery settings recorded besides the fields LotteryArguments adds to TrainingArguments.
 _TRAINING_HYPERPARAMETERS = (
     "learning_rate",
@@ -73,6 +77,27 @@ _TRAINING_HYPERPARAMETERS = (
     "lr_scheduler_type",
     "seed",
 )
+
+
+# The JSON types each field of `ticket_config.json` may hold (null is always allowed and means the default).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "base_model_name_or_path": (str,),
+    "revision": (str,),
+    "base_fingerprint": (str,),
+    "prunable_parameters": (list,),
+    "architecture": (str,),
+    "model_kwargs": (dict,),
+    "task": (str,),
+    "dataset": (str,),
+    "metric": (str,),
+    "pruning_method": (str,),
+    "lottery_args": (dict,),
+    "sparsity": (int, float),
+    "history": (list,),
+    "mask_sha256": (str,),
+    "hf_lottery_version": (str,),
+    "extra": (dict,),
+}
 
 
 @dataclass
@@ -164,25 +189,39 @@ class TicketConfig:
                 f"{source} has ticket format version {version}, but this hf_lottery reads versions up to "
                 f"{TICKET_FORMAT_VERSION}. Upgrade hf_lottery (pip install -U hf-lottery) to load this ticket."
             )
-        expected = {"prunable_parameters": list, "history": list, "lottery_args": dict, "model_kwargs": dict}
-        for key, kind in expected.items():
-            if key in data and not isinstance(data[key], kind):
-                raise ValueError(f"{source}: {key!r} must be a {kind.__name__}, got {type(data[key]).__name__}.")
-        entries = data.get("prunable_parameters", [])
+        for key, kinds in _FIELD_TYPES.items():
+            value = data.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                raise ValueError(f"{source}: {key!r} must be a {names}, got {type(value).__name__}.")
+        entries = data.get("prunable_parameters") or []
         if not all(
-            isinstance(e, Mapping) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
+            isinstance(e, Mapping)
+            and isinstance(e.get("name"), str)
+            and isinstance(e.get("shape"), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e["shape"])
+            and isinstance(e.get("sha256"), (str, type(None)))
             for e in entries
         ):
-            raise ValueError(f"{source}: every entry of 'prunable_parameters' needs a 'name' and a 'shape'.")
+            raise ValueError(
+                f"{source}: every entry of 'prunable_parameters' needs a string 'name', a 'shape' (a list of sizes) "
+                "and a string 'sha256' (or null)."
+            )
+        names = [e["name"] for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{source}: a parameter appears twice in 'prunable_parameters'.")
+        if not all(isinstance(r, Mapping) for r in data.get("history") or []):
+            raise ValueError(f"{source}: every entry of 'history' must be an object (one per round).")
+        # null in a list or dict field means its default (an empty one)
+        data = {k: v for k, v in data.items() if not (v is None and _FIELD_TYPES.get(k) in ((list,), (dict,)))}
         return cls.from_metadata(data)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> TicketConfig:
         """Read `ticket_config.json`; a `ValueError` names the file when it is not valid JSON or not a config."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); the ticket folder is damaged.") from None
+        data = read_json(
+            path, what="the ticket config", hint="The ticket folder is damaged: save or download it again."
+        )
         return cls.from_dict(data, source=path)
 
     # -- Construction -----------------------------------------------------------------------------------------

@@ -33,6 +33,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def read_json(path: str | os.PathLike, *, what: str, hint: str) -> Any:
+    """The JSON value in `path`, or a `ValueError` naming the file (unreadable, not UTF-8, not JSON, nested too
+    deeply) that ends with `hint` (what to do).
+
+    `what` names the file's role in the message, e.g. "the ticket config".
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise ValueError(f"Cannot read {what} {path}: not valid JSON ({reason}). {hint}") from None
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON with sorted keys, atomically."""
     with atomic_path(path) as tmp:
