@@ -277,3 +277,127 @@ def test_truncated_file_is_described_without_reading_it_whole(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < len(raw) // 4, (peak, len(raw))
+
+
+# -- 4. Crash debris, partial replacements, user files, tied weights -----------------------------------------
+_KILLED_SAVE = """
+import os, sys
+from pathlib import Path
+from hf_lottery.utils.io import staging_folder
+context = staging_folder(Path(sys.argv[1]))
+staging = context.__enter__()
+(staging / "model.safetensors").write_bytes(bytes(4096))
+print(staging, flush=True)
+os._exit(9)  # killed mid-save: nothing cleans up
+"""
+
+
+def killed_save_debris(target: Path) -> Path:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(target)], capture_output=True, text=True, env=env)
+    debris = Path(done.stdout.strip())
+    assert debris.is_dir() and debris.parent == target.parent, done.stderr[-2000:]
+    return debris
+
+
+@pytest.mark.parametrize("then", ["save", "load"])
+def test_staging_folders_of_killed_saves_are_swept(tmp_path, then):
+    target = tmp_path / "ticket"
+    mask = TicketMask({QUERY: torch.ones(32, 32, dtype=torch.bool)})
+    mask.save_pretrained(target)
+    debris = killed_save_debris(target)
+    other = (tmp_path / ".ticket.tmp-elsewhere-1-abc").resolve()  # another host's save, or anything else
+    other.mkdir()
+    from hf_lottery.utils.io import staging_folder
+
+    with staging_folder(target) as running:  # a save of this process, still running
+        if then == "save":
+            mask.save_pretrained(target)
+        else:
+            assert TicketMask.from_pretrained(target) == mask
+        assert running.is_dir() and other.is_dir()
+    assert not debris.exists()
+
+
+def test_replaced_card_and_plot_without_their_config_are_detected(tmp_path, caplog):
+    from transformers.utils import logging as hf_logging
+
+    model = tiny_model(seed=0)
+    history = [{"round": 0, "sparsity": 0.0, "metrics": {"eval_accuracy": 0.5}}]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, sparsity in ((a, 0.3), (b, 0.6)):
+        mask = prune(model, sparsity)
+        config = TicketConfig.from_model(model, mask, history=history, metric="eval_accuracy")
+        mask.with_metadata(config.to_dict()).save_pretrained(folder)
+    assert json.loads((a / TICKET_CONFIG_NAME).read_text())["files_sha256"].keys() == {
+        TICKET_CARD_NAME,
+        "sparsity_plot.png",
+    }
+    os.replace(b / TICKET_CARD_NAME, a / TICKET_CARD_NAME)  # a save of b into a, killed before the mask
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            loaded = TicketMask.from_pretrained(a)
+    finally:
+        hf_logging.disable_propagation()
+    assert loaded.sparsity == pytest.approx(0.3, abs=0.01)
+    assert f"{TICKET_CARD_NAME} is not the one(s) written with {TICKET_CONFIG_NAME}" in caplog.text
+
+
+def test_save_sparse_model_keeps_files_it_did_not_write(tmp_path):
+    from hf_lottery import save_sparse_model
+
+    model = tiny_model(seed=0)
+    out = tmp_path / "sparse"
+    save_sparse_model(model, prune(model, 0.3), out, max_shard_size="20KB")
+    assert (out / "model.safetensors.index.json").exists()
+    mine = [
+        "model.orig.safetensors",
+        "model-before-pruning.bin",
+        "pytorch_model.my_backup.bin",
+        "model.safetensors.bak",
+    ]
+    for name in mine:
+        (out / name).write_bytes(b"user data")
+    save_sparse_model(model, prune(model, 0.5), out)
+    names = {p.name for p in out.iterdir()}
+    assert all((out / name).read_bytes() == b"user data" for name in mine)
+    assert "model.safetensors" in names and not any(n.startswith("model-0") for n in names), names
+
+
+def test_tied_weights_are_masked_together(tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    from hf_lottery import save_sparse_model
+    from hf_lottery.testing_utils import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(tiny_config("bert")).eval()
+    embedding = "bert.embeddings.word_embeddings.weight"
+    assert model.cls.predictions.decoder.weight is dict(model.named_parameters())[embedding]  # tied
+    ticket = prune(model, 0.5, prune_modules=[r".*word_embeddings\.weight", r".*encoder.*\.weight"])
+    assert embedding in ticket
+    save_sparse_model(model, ticket, tmp_path / "sparse")
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "sparse").eval()
+    sparse = ticket.apply_(model)
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, sparse(input_ids=ids).logits)
+    assert not reloaded.cls.predictions.decoder.weight[~ticket[embedding]].any()
+
+
+def test_race_to_create_a_folder_gives_the_library_error(tmp_path, monkeypatch):
+    import hf_lottery.utils.io as io_module
+
+    rename = os.rename
+
+    def racing_rename(src, dst):  # another process creates and fills the folder first
+        Path(dst).mkdir()
+        (Path(dst) / "x").write_text("other")
+        rename(src, dst)
+
+    monkeypatch.setattr(io_module.os, "rename", racing_rename)
+    mask = TicketMask({QUERY: torch.ones(32, 32, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"Another process created .*ticket while this one was saving"):
+        mask.save_pretrained(tmp_path / "ticket")
+    assert [p.name for p in tmp_path.iterdir()] == ["ticket"]

@@ -97,6 +97,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "mask_sha256": (str,),
     "hf_lottery_version": (str,),
     "extra": (dict,),
+    "files_sha256": (dict,),
 }
 
 
@@ -156,6 +157,13 @@ class TicketConfig:
     extra: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Other metadata, written back at the top level of the JSON."}
     )
+    files_sha256: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "SHA-256 of the other files written with it (README.md, sparsity_plot.png): a folder whose card "
+            "or plot was replaced without its config is detected on load."
+        },
+    )
 
     # -- Conversions ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +218,8 @@ class TicketConfig:
         names = [e["name"] for e in entries]
         if len(set(names)) != len(names):
             raise ValueError(f"{source}: a parameter appears twice in 'prunable_parameters'.")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in (data.get("files_sha256") or {}).items()):
+            raise ValueError(f"{source}: 'files_sha256' must map file names to hex digests.")
         if not all(isinstance(r, Mapping) for r in data.get("history") or []):
             raise ValueError(f"{source}: every entry of 'history' must be an object (one per round).")
         # null in a list or dict field means its default (an empty one)
@@ -297,6 +307,7 @@ class TicketConfig:
             model_kwargs=dict(self.model_kwargs),
             history=list(self.history),
             extra=dict(self.extra),
+            files_sha256={},
         )
 
 

@@ -22,8 +22,9 @@ from .folder import write_ticket_files
 
 logger = logging.get_logger(__name__)
 
-# Weight files of a `save_pretrained` checkpoint; stale ones are removed when a sparse model is saved over another.
-_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)([-.].*)?\.(safetensors|bin)(\.index\.json)?$")
+# The weight files `save_pretrained` writes (one file, or numbered shards and their index); stale ones are removed
+# when a sparse model is saved over another. Nothing else is: `model.orig.safetensors` may be the user's backup.
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
 
 
 def save_sparse_model(
@@ -69,11 +70,13 @@ def save_sparse_model(
     if not is_main_process:
         return target
     state = dict(state_dict if state_dict is not None else inner.state_dict())
+    aliases = _aliases(state)
     for name, m in mask.items():
         if name not in state:
             raise ValueError(f"The state dict to save has no entry {name!r}, which the ticket masks.")
-        tensor = state[name]
-        state[name] = tensor.masked_fill(~m.to(tensor.device), 0)  # +0.0, where tensor * mask gives -0.0
+        for alias in aliases.get(name, [name]):  # tied weights: one mask for every name of the tensor
+            tensor = state[alias]
+            state[alias] = tensor.masked_fill(~m.to(tensor.device), 0)  # +0.0, where tensor * mask gives -0.0
     with staging_folder(target) as staging:
         inner.save_pretrained(staging, state_dict=state, **save_pretrained_kwargs)
         write_ticket_files(mask, metadata, staging, repo_id=None, create_card=create_card, has_weights=True)
@@ -84,6 +87,22 @@ def save_sparse_model(
     sparsity = mask_figures(mask)["__total__"]["sparsity"]
     logger.info("Sparse model saved in %s (sparsity %.2f%% of the masked weights).", target, 100 * sparsity)
     return target
+
+
+def _aliases(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """For each entry of `state`, every name under which the same tensor appears (tied weights)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta" and tensor.numel():
+            key = (
+                tensor.device,
+                tensor.untyped_storage().data_ptr(),
+                tensor.storage_offset(),
+                tensor.shape,
+                tensor.stride(),
+            )
+            groups.setdefault(key, []).append(name)
+    return {name: names for names in groups.values() for name in names}
 
 
 def load_base_model(
