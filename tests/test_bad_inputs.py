@@ -34,9 +34,12 @@ from hf_lottery import (
     prune,
 )
 from hf_lottery.constants import MASK_METADATA_KEY, TICKET_CONFIG_NAME, TICKET_MASK_NAME
+from hf_lottery.structured.shrink import normalize_structure
 from hf_lottery.testing_utils import tiny_model, toy_dataset
 from hf_lottery.ticket.fingerprint import file_sha256
 from hf_lottery.training.distributed import check_distributed_setup
+from hf_lottery.training.run_state import snapshot_weights
+from hf_lottery.utils.io import save_tensors
 
 DOCS = REPO_ROOT / "docs" / "scale.md"
 
@@ -113,6 +116,13 @@ def damage(tmp: Path, name: str, content: str | bytes | None):
         path.write_bytes(content)
     else:
         path.write_text(content)
+    resume(tmp)
+
+
+def resume_with_other_theta0(tmp: Path):
+    """Resume a finished run whose saved θ0 was replaced by other weights of the same shapes."""
+    state = finished_run(tmp)
+    save_tensors(state / "theta0.safetensors", snapshot_weights(tiny_model(seed=5)))
     resume(tmp)
 
 
@@ -519,6 +529,79 @@ CASES = [
         lambda t: damage(t, "state.json", state_json(round=7, schedule=[0.0, 0.1])),
         ValueError,
         r"state\.json: 'round' must be a round of the schedule.*to start over",
+    ),
+    # Settings checked when the run is set up
+    Case(
+        "NaN finetune_learning_rate",
+        lambda t: trainer(t, finetune_learning_rate=float("nan")),
+        ValueError,
+        r"finetune_learning_rate must be a finite number",
+    ),
+    Case(
+        "NaN hydra_learning_rate",
+        lambda t: trainer(t, hydra_learning_rate=float("nan")),
+        ValueError,
+        r"hydra_learning_rate must be a finite number",
+    ),
+    Case(
+        "NaN hydra_adversarial_epsilon",
+        lambda t: trainer(t, hydra_adversarial_epsilon=float("nan")),
+        ValueError,
+        r"hydra_adversarial_epsilon must be a finite number",
+    ),
+    Case(
+        "rewind_step not an integer",
+        lambda t: trainer(t, rewind="step", rewind_step=2.5),
+        ValueError,
+        r"rewind_step must be an integer, got 2\.5",
+    ),
+    Case(
+        "schedule of too many rounds",
+        lambda t: trainer(t, target_sparsity=0.9, pruning_rate=1e-6),
+        ValueError,
+        r"needs 900000 rounds, more than the 1000.*Raise pruning_rate",
+    ),
+    Case(
+        "target_sparsity unreachable under the guard",
+        lambda t: trainer(t, target_sparsity=0.9, pruning_rate=0.5).train(),
+        ValueError,
+        r"target_sparsity=0\.9 cannot be reached: with max_tensor_sparsity=0\.9.*Lower target_sparsity",
+    ),
+    Case(
+        "resume with another rewind",
+        lambda t: (finished_run(t), resume(t, rewind="none")),
+        ValueError,
+        r"rewind: 'pretrained' then, 'none' now.*Resume with the settings the run started with",
+    ),
+    Case(
+        "resume with another pruning_method",
+        lambda t: (finished_run(t), resume(t, pruning_method="random")),
+        ValueError,
+        r"pruning_method: 'magnitude' then, 'random' now",
+    ),
+    Case(
+        "resume with another learning_rate",
+        lambda t: (finished_run(t), resume(t, learning_rate=1e-3)),
+        ValueError,
+        r"learning_rate: 5e-05 then, 0\.001 now",
+    ),
+    Case(
+        "resume with another prune_modules",
+        lambda t: (finished_run(t), resume(t, prune_modules=[r".*encoder.*\.weight"])),
+        ValueError,
+        r"prune_modules: None then",
+    ),
+    Case(
+        "resume with another theta0",
+        lambda t: resume_with_other_theta0(t),
+        ValueError,
+        r"θ0 \(the weights saved when the run started\) changed",
+    ),
+    Case(
+        "pruned_heads layer twice",
+        lambda t: normalize_structure({"0": [1], "00": [2]}, "pruned_heads", num_layers=2, group_size=4),
+        ValueError,
+        r"layer 0 appears twice \('00'",
     ),
     Case(
         "GLUE: TSV file not UTF-8",

@@ -22,6 +22,7 @@ from ..utils.io import load_tensors, read_json, save_tensors, write_json
 from .checks import MAX_SCHEDULE_ROUNDS
 
 STATE_FORMAT_VERSION = 1
+RUN_SETTINGS_NAME = "settings.json"
 
 
 def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -140,6 +141,23 @@ class RunState:
             return load_tensors(path)
         except Exception as err:  # safetensors raises its own error types for damaged files
             raise ValueError(f"{path} is damaged ({err}); remove {self.dir} to start over.") from err
+
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        """The settings that decide the run's ticket (see `checks.ticket_settings`), checked on resume."""
+        if self.should_write:
+            write_json(self.dir / RUN_SETTINGS_NAME, settings)
+
+    def load_settings(self) -> dict[str, Any] | None:
+        """The settings saved by [`save_settings`], or None for a run state written before they were recorded."""
+        path = self.dir / RUN_SETTINGS_NAME
+        if not path.is_file():
+            return None
+        settings = read_json(path, what="the lottery run settings", hint=f"Remove {self.dir} to start over.")
+        if not isinstance(settings, dict):
+            raise ValueError(
+                f"{path} holds a {type(settings).__name__}, not an object. Remove {self.dir} to start over."
+            )
+        return settings
 
     def save_theta0(self, weights: dict[str, torch.Tensor]) -> None:
         self._save(THETA0_NAME, weights)
