@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
 )
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging
 
 from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sample_dataset_dir
 
-from .constants import CPU_EXPORT_CONFIG_NAME
+from .constants import CPU_EXPORT_CONFIG_NAME, LOTTERY_STATE_DIR
 from .deploy.export import load_for_cpu, write_speed_card
 from .deploy.quantize import quantizable_linears, quantize_linears_
 from .deploy.speed import measure_speed, unpruned_reference
@@ -270,11 +272,47 @@ def find_ticket(
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(task.name),
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
+    trainer.train(resume_from_checkpoint=resume_argument(args.resume_from_checkpoint, args.output_dir))
     save_outputs(trainer)
     print(format_history(trainer.lottery_history, trainer.lottery_metric()))
     print(f"\nOutputs in {Path(args.output_dir).resolve()}")
     return trainer
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0", "none", "")
+
+
+def resume_argument(value: str | bool | None, output_dir: str | os.PathLike) -> str | bool | None:
+    """What `--resume_from_checkpoint VALUE` means for `LotteryTrainer.train` (the parser gives a string).
+
+    `True`/`yes`/`1` and the output folder itself resume the run from its state; a complete `checkpoint-N` folder
+    resumes from it; a checkpoint a kill left incomplete (no readable `trainer_state.json`) resumes the run from
+    its state, which skips such checkpoints; `False`/`no`/`0`/none start a new run.
+
+    Raises:
+        `ValueError`: any other value (naming it).
+    """
+    if value is None or isinstance(value, bool):
+        return value or None
+    text = str(value).strip()
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return None
+    folder = Path(text)
+    if not folder.is_dir():
+        raise ValueError(
+            f"--resume_from_checkpoint {text!r} is neither True/False nor a folder: pass True (resume the run in "
+            f"--output_dir {output_dir}), the output folder, or one of its checkpoint-N folders."
+        )
+    if folder.resolve() == Path(output_dir).resolve() or (folder / LOTTERY_STATE_DIR).is_dir():
+        return True
+    try:
+        json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        logger.warning("%s was not written completely; resuming the run from its last complete checkpoint.", folder)
+        return True
+    return str(folder)
 
 
 def save_outputs(trainer) -> None:

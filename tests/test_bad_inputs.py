@@ -18,19 +18,28 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
+from glue_tasks import GlueFormatError, load_glue
 from hf_lottery import (
     LayerCollapseError,
     LotteryArguments,
     LotteryCallback,
     LotteryTrainer,
+    TicketConfig,
     TicketMask,
     apply_ticket_to_peft,
     prune,
 )
+from hf_lottery.constants import MASK_METADATA_KEY, TICKET_CONFIG_NAME, TICKET_MASK_NAME
+from hf_lottery.structured.shrink import normalize_structure
 from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.ticket.fingerprint import file_sha256
 from hf_lottery.training.distributed import check_distributed_setup
+from hf_lottery.training.run_state import snapshot_weights
+from hf_lottery.utils.io import save_tensors
 
 DOCS = REPO_ROOT / "docs" / "scale.md"
 
@@ -110,6 +119,13 @@ def damage(tmp: Path, name: str, content: str | bytes | None):
     resume(tmp)
 
 
+def resume_with_other_theta0(tmp: Path):
+    """Resume a finished run whose saved θ0 was replaced by other weights of the same shapes."""
+    state = finished_run(tmp)
+    save_tensors(state / "theta0.safetensors", snapshot_weights(tiny_model(seed=5)))
+    resume(tmp)
+
+
 def state_json(**changes) -> str:
     return json.dumps({"format_version": 1, "round": 1, "phase": "trained", "history": [], **changes})
 
@@ -140,6 +156,65 @@ def multi_process_without_ddp(monkeypatch_target):
     monkeypatch_target.setattr(distributed, "is_distributed", lambda: True)
     monkeypatch_target.setattr(distributed.dist, "get_world_size", lambda: 2)
     check_distributed_setup(SimpleNamespace(parallel_mode="ParallelMode.NOT_PARALLEL", fsdp=None, deepspeed=None))
+
+
+# -- Untrusted files: a ticket folder, a mask file, a run state, a GLUE file ---------------------------------------
+def saved_ticket(tmp: Path) -> Path:
+    model = tiny_model(seed=0)
+    mask = prune(model, 0.5)
+    return mask.with_metadata(TicketConfig.from_model(model, mask).to_dict()).save_pretrained(tmp / "ticket")
+
+
+def edited_ticket_config(tmp: Path, text: str | bytes | None = None, **changes) -> Path:
+    """A saved ticket whose ticket_config.json is replaced by `text`, or updated with `changes`."""
+    folder = saved_ticket(tmp)
+    path = folder / TICKET_CONFIG_NAME
+    if text is None:
+        text = json.dumps({**json.loads(path.read_text()), **changes})
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return folder
+
+
+def edited_mask_headers(tmp: Path, edit: Callable[[list], Any]) -> Path:
+    """A saved ticket whose mask file's per-tensor headers are edited (and the config re-signed, as an author
+    would)."""
+    folder = saved_ticket(tmp)
+    mask_file = folder / TICKET_MASK_NAME
+    with safe_open(str(mask_file), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    headers = json.loads(metadata[MASK_METADATA_KEY])
+    edited = edit(headers)
+    metadata[MASK_METADATA_KEY] = edited if isinstance(edited, str) else json.dumps(headers)
+    save_file(tensors, str(mask_file), metadata=metadata)
+    config = json.loads((folder / TICKET_CONFIG_NAME).read_text())
+    config["mask_sha256"] = file_sha256(mask_file)
+    (folder / TICKET_CONFIG_NAME).write_text(json.dumps(config))
+    return folder
+
+
+def set_header(index: int, **fields):
+    def edit(headers: list) -> None:
+        headers[index].update(fields)
+
+    return edit
+
+
+def hostile_load_model(tmp: Path):
+    ticket = TicketMask.from_pretrained(
+        edited_ticket_config(tmp, base_model_name_or_path="org/base", model_kwargs={"trust_remote_code": True})
+    )
+    ticket.load_model(AutoModelForSequenceClassification, verify_base=False)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def glue_file(tmp: Path, folder: str, text: str | bytes, task: str):
+    (tmp / folder).mkdir(parents=True, exist_ok=True)
+    path = tmp / folder / "train.tsv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    load_glue(task, data_dir=tmp, splits="train")
 
 
 ACCEPTED = "accepted values"
@@ -367,6 +442,184 @@ CASES = [
         ),
         NotImplementedError,
         r"Leave that module out",
+    ),
+    # Untrusted files
+    Case(
+        "ticket: model_kwargs outside the allow-list",
+        hostile_load_model,
+        ValueError,
+        r"ticket_config\.json asks `from_pretrained` for trust_remote_code=True.*pass the argument yourself",
+    ),
+    Case(
+        "ticket: config nested too deeply",
+        lambda t: TicketMask.from_pretrained(edited_ticket_config(t, DEEP)),
+        ValueError,
+        r"ticket_config\.json: not valid JSON \(nested too deeply\)\. The ticket folder is damaged",
+    ),
+    Case(
+        "ticket: config not UTF-8",
+        lambda t: TicketMask.from_pretrained(edited_ticket_config(t, b'{"format_version": 1, "task": "\xff"}')),
+        ValueError,
+        r"ticket_config\.json: not valid JSON .*save or download it again",
+    ),
+    Case(
+        "ticket: config field of another type",
+        lambda t: TicketMask.from_pretrained(edited_ticket_config(t, base_model_name_or_path=["a"])),
+        ValueError,
+        r"ticket_config\.json: 'base_model_name_or_path' must be a str, got list",
+    ),
+    Case(
+        "ticket: config shape not sizes",
+        lambda t: TicketMask.from_pretrained(
+            edited_ticket_config(t, prunable_parameters=[{"name": QUERY, "shape": [32.5, 32], "sha256": None}])
+        ),
+        ValueError,
+        r"ticket_config\.json: every entry of 'prunable_parameters' needs",
+    ),
+    Case(
+        "ticket: mask headers nested too deeply",
+        lambda t: TicketMask.from_pretrained(edited_mask_headers(t, lambda h: DEEP)),
+        ValueError,
+        r"ticket_mask\.safetensors: the per-tensor headers .* unreadable \(nested too deeply\)",
+    ),
+    Case(
+        "ticket: mask header name not a string",
+        lambda t: TicketMask.from_pretrained(edited_mask_headers(t, set_header(0, name=["x"]))),
+        ValueError,
+        r"ticket_mask\.safetensors: the per-tensor headers .* string 'name'",
+    ),
+    Case(
+        "ticket: mask header shape huge",
+        lambda t: TicketMask.from_pretrained(edited_mask_headers(t, set_header(0, shape=[10**30, 10**30]))),
+        ValueError,
+        r"ticket_mask\.safetensors, tensor '.*': its shape .* disagrees with the ticket config",
+    ),
+    Case(
+        "ticket: mask header shape not sizes",
+        lambda t: TicketMask.from_pretrained(edited_mask_headers(t, set_header(0, shape="32"))),
+        ValueError,
+        r"ticket_mask\.safetensors, tensor '.*': invalid shape",
+    ),
+    Case(
+        "ticket: mask header counts of another type",
+        lambda t: TicketMask.from_pretrained(edited_mask_headers(t, set_header(0, kept=1.5))),
+        ValueError,
+        r"ticket_mask\.safetensors, tensor '.*': invalid kept count",
+    ),
+    Case(
+        "resume: state.json nested too deeply",
+        lambda t: damage(t, "state.json", DEEP),
+        ValueError,
+        r"state\.json: not valid JSON \(nested too deeply\).*to start over",
+    ),
+    Case(
+        "resume: state.json not UTF-8",
+        lambda t: damage(t, "state.json", b'{"format_version": 1, "phase": "\xff"}'),
+        ValueError,
+        r"state\.json: not valid JSON.*to start over",
+    ),
+    Case(
+        "resume: state.json not an object",
+        lambda t: damage(t, "state.json", "[1, 2]"),
+        ValueError,
+        r"state\.json holds a list, not an object.*to start over",
+    ),
+    Case(
+        "resume: state.json field of another type",
+        lambda t: damage(t, "state.json", state_json(round=7, schedule=[0.0, 0.1])),
+        ValueError,
+        r"state\.json: 'round' must be a round of the schedule.*to start over",
+    ),
+    # Settings checked when the run is set up
+    Case(
+        "NaN finetune_learning_rate",
+        lambda t: trainer(t, finetune_learning_rate=float("nan")),
+        ValueError,
+        r"finetune_learning_rate must be a finite number",
+    ),
+    Case(
+        "NaN hydra_learning_rate",
+        lambda t: trainer(t, hydra_learning_rate=float("nan")),
+        ValueError,
+        r"hydra_learning_rate must be a finite number",
+    ),
+    Case(
+        "NaN hydra_adversarial_epsilon",
+        lambda t: trainer(t, hydra_adversarial_epsilon=float("nan")),
+        ValueError,
+        r"hydra_adversarial_epsilon must be a finite number",
+    ),
+    Case(
+        "rewind_step not an integer",
+        lambda t: trainer(t, rewind="step", rewind_step=2.5),
+        ValueError,
+        r"rewind_step must be an integer, got 2\.5",
+    ),
+    Case(
+        "schedule of too many rounds",
+        lambda t: trainer(t, target_sparsity=0.9, pruning_rate=1e-6),
+        ValueError,
+        r"needs 900000 rounds, more than the 1000.*Raise pruning_rate",
+    ),
+    Case(
+        "target_sparsity unreachable under the guard",
+        lambda t: trainer(t, target_sparsity=0.9, pruning_rate=0.5).train(),
+        ValueError,
+        r"target_sparsity=0\.9 cannot be reached: with max_tensor_sparsity=0\.9.*Lower target_sparsity",
+    ),
+    Case(
+        "resume with another rewind",
+        lambda t: (finished_run(t), resume(t, rewind="none")),
+        ValueError,
+        r"rewind: 'pretrained' then, 'none' now.*Resume with the settings the run started with",
+    ),
+    Case(
+        "resume with another pruning_method",
+        lambda t: (finished_run(t), resume(t, pruning_method="random")),
+        ValueError,
+        r"pruning_method: 'magnitude' then, 'random' now",
+    ),
+    Case(
+        "resume with another learning_rate",
+        lambda t: (finished_run(t), resume(t, learning_rate=1e-3)),
+        ValueError,
+        r"learning_rate: 5e-05 then, 0\.001 now",
+    ),
+    Case(
+        "resume with another prune_modules",
+        lambda t: (finished_run(t), resume(t, prune_modules=[r".*encoder.*\.weight"])),
+        ValueError,
+        r"prune_modules: None then",
+    ),
+    Case(
+        "resume with another theta0",
+        lambda t: resume_with_other_theta0(t),
+        ValueError,
+        r"θ0 \(the weights saved when the run started\) changed",
+    ),
+    Case(
+        "pruned_heads layer twice",
+        lambda t: normalize_structure({"0": [1], "00": [2]}, "pruned_heads", num_layers=2, group_size=4),
+        ValueError,
+        r"layer 0 appears twice \('00'",
+    ),
+    Case(
+        "GLUE: TSV file not UTF-8",
+        lambda t: glue_file(t, "SST-2", b"sentence\tlabel\nfine\t1\nbad \xff\t0\n", "sst2"),
+        GlueFormatError,
+        r"train\.tsv, line 3: not UTF-8",
+    ),
+    Case(
+        "GLUE: TSV field too long",
+        lambda t: glue_file(t, "SST-2", "sentence\tlabel\nfine\t1\n" + "x" * 200_000 + "\t0\n", "sst2"),
+        GlueFormatError,
+        r"train\.tsv, line 3: unreadable as TSV \(field larger than field limit",
+    ),
+    Case(
+        "GLUE: STS-B score out of range",
+        lambda t: glue_file(t, "STS-B", "index\tsentence1\tsentence2\tscore\n0\ta\tb\tnan\n", "stsb"),
+        GlueFormatError,
+        r"train\.tsv, line 2: label 'nan' is not a score in \[0, 5\]",
     ),
 ]
 

@@ -145,6 +145,7 @@ def normalize_structure(value: Any, field: str, num_layers: int, group_size: int
     if not isinstance(value, Mapping):
         raise ValueError(f"`{field}` must map layer indices to lists of indices, got {type(value).__name__}.")
     result: dict[int, list[int]] = {}
+    layers: set[int] = set()
     for key, indices in value.items():
         try:
             layer = int(key)
@@ -154,6 +155,9 @@ def normalize_structure(value: Any, field: str, num_layers: int, group_size: int
             ) from None
         if not 0 <= layer < num_layers:
             raise ValueError(f"`{field}`: layer {layer} is out of range (valid layers: 0..{num_layers - 1}).")
+        if layer in layers:  # "0" and "00" name the same layer: merging them would hide an edit
+            raise ValueError(f"`{field}`: layer {layer} appears twice ({key!r} and an earlier spelling).")
+        layers.add(layer)
         seen: set[int] = set()
         for index in indices:
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < group_size:

@@ -15,7 +15,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..constants import LIBRARY_NAME, TICKET_CARD_TAGS, TICKET_CARD_TEMPLATE
-from .config import TicketConfig
+from .config import TicketConfig, split_model_kwargs
 from .figures import mask_figures
 from .history import main_metric
 
@@ -163,7 +163,8 @@ def render_ticket_card(
         if name != "__total__"
     ]
     _, auto_class = head_of(config.architecture)
-    kwargs = "".join(f", {k}={v!r}" for k, v in (config.model_kwargs or {}).items())
+    safe_kwargs, _ = split_model_kwargs(config.model_kwargs or {})  # a card never advertises unsafe arguments
+    kwargs = "".join(f", {k}={v!r}" for k, v in safe_kwargs.items())
     return ModelCard.from_template(
         card_data(config, model_name, has_weights),
         template_str=template_text(),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +16,53 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from ..constants import TICKET_CONFIG_NAME, TICKET_FORMAT_VERSION
+from ..utils.io import read_json
 from .figures import mask_figures
 from .fingerprint import combine_digests, tensor_digest
 
 logger = logging.get_logger(__name__)
+
+# The `model_kwargs` a ticket may hand to `from_pretrained`, each with the check its value must pass. They only
+# shape the task head; anything else (trust_remote_code, device_map, file paths, attn_implementation kernels from
+# the Hub, quantization configs...) can run code or touch files, and is passed only when the caller gives it.
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "auto")
+_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+MAX_NUM_LABELS = 1 << 20
+SAFE_MODEL_KWARGS: dict[str, Any] = {
+    "num_labels": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_NUM_LABELS,
+    "id2label": lambda v: (
+        isinstance(v, dict)
+        and len(v) <= MAX_NUM_LABELS
+        and all(isinstance(k, str) and k.isdigit() and isinstance(x, str) for k, x in v.items())
+    ),
+    "label2id": lambda v: (
+        isinstance(v, dict)
+        and len(v) <= MAX_NUM_LABELS
+        and all(isinstance(k, str) and isinstance(x, int) and not isinstance(x, bool) for k, x in v.items())
+    ),
+    "problem_type": lambda v: v in _PROBLEM_TYPES,
+    "dtype": lambda v: v in _DTYPES,
+    "torch_dtype": lambda v: v in _DTYPES,
+}
+
+
+def split_model_kwargs(model_kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a ticket's `model_kwargs` into the allow-listed ones with valid values (see `SAFE_MODEL_KWARGS`) and
+    the others, which a ticket may not pass to `from_pretrained` on its own.
+
+    Returns:
+        `tuple[dict, dict]`: `(safe, refused)`.
+    """
+    safe: dict[str, Any] = {}
+    refused: dict[str, Any] = {}
+    for key, value in model_kwargs.items():
+        check = SAFE_MODEL_KWARGS.get(key) if isinstance(key, str) else None
+        if check is not None and check(value):
+            safe[key] = value
+        else:
+            refused[key] = value
+    return safe, refused
+
 
 # Lottery settings recorded besides the fields LotteryArguments adds to TrainingArguments.
 _TRAINING_HYPERPARAMETERS = (
@@ -36,6 +77,28 @@ _TRAINING_HYPERPARAMETERS = (
     "lr_scheduler_type",
     "seed",
 )
+
+
+# The JSON types each field of `ticket_config.json` may hold (null is always allowed and means the default).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "base_model_name_or_path": (str,),
+    "revision": (str,),
+    "base_fingerprint": (str,),
+    "prunable_parameters": (list,),
+    "architecture": (str,),
+    "model_kwargs": (dict,),
+    "task": (str,),
+    "dataset": (str,),
+    "metric": (str,),
+    "pruning_method": (str,),
+    "lottery_args": (dict,),
+    "sparsity": (int, float),
+    "history": (list,),
+    "mask_sha256": (str,),
+    "hf_lottery_version": (str,),
+    "extra": (dict,),
+    "files_sha256": (dict,),
+}
 
 
 @dataclass
@@ -94,6 +157,13 @@ class TicketConfig:
     extra: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Other metadata, written back at the top level of the JSON."}
     )
+    files_sha256: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "SHA-256 of the other files written with it (README.md, sparsity_plot.png): a folder whose card "
+            "or plot was replaced without its config is detected on load."
+        },
+    )
 
     # -- Conversions ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -127,25 +197,41 @@ class TicketConfig:
                 f"{source} has ticket format version {version}, but this hf_lottery reads versions up to "
                 f"{TICKET_FORMAT_VERSION}. Upgrade hf_lottery (pip install -U hf-lottery) to load this ticket."
             )
-        expected = {"prunable_parameters": list, "history": list, "lottery_args": dict, "model_kwargs": dict}
-        for key, kind in expected.items():
-            if key in data and not isinstance(data[key], kind):
-                raise ValueError(f"{source}: {key!r} must be a {kind.__name__}, got {type(data[key]).__name__}.")
-        entries = data.get("prunable_parameters", [])
+        for key, kinds in _FIELD_TYPES.items():
+            value = data.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                raise ValueError(f"{source}: {key!r} must be a {names}, got {type(value).__name__}.")
+        entries = data.get("prunable_parameters") or []
         if not all(
-            isinstance(e, Mapping) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
+            isinstance(e, Mapping)
+            and isinstance(e.get("name"), str)
+            and isinstance(e.get("shape"), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e["shape"])
+            and isinstance(e.get("sha256"), (str, type(None)))
             for e in entries
         ):
-            raise ValueError(f"{source}: every entry of 'prunable_parameters' needs a 'name' and a 'shape'.")
+            raise ValueError(
+                f"{source}: every entry of 'prunable_parameters' needs a string 'name', a 'shape' (a list of sizes) "
+                "and a string 'sha256' (or null)."
+            )
+        names = [e["name"] for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{source}: a parameter appears twice in 'prunable_parameters'.")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in (data.get("files_sha256") or {}).items()):
+            raise ValueError(f"{source}: 'files_sha256' must map file names to hex digests.")
+        if not all(isinstance(r, Mapping) for r in data.get("history") or []):
+            raise ValueError(f"{source}: every entry of 'history' must be an object (one per round).")
+        # null in a list or dict field means its default (an empty one)
+        data = {k: v for k, v in data.items() if not (v is None and _FIELD_TYPES.get(k) in ((list,), (dict,)))}
         return cls.from_metadata(data)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> TicketConfig:
         """Read `ticket_config.json`; a `ValueError` names the file when it is not valid JSON or not a config."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); the ticket folder is damaged.") from None
+        data = read_json(
+            path, what="the ticket config", hint="The ticket folder is damaged: save or download it again."
+        )
         return cls.from_dict(data, source=path)
 
     # -- Construction -----------------------------------------------------------------------------------------
@@ -221,6 +307,7 @@ class TicketConfig:
             model_kwargs=dict(self.model_kwargs),
             history=list(self.history),
             extra=dict(self.extra),
+            files_sha256={},
         )
 
 

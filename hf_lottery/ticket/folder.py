@@ -32,7 +32,7 @@ from ..constants import (
     TICKET_MASK_NAME,
     __version__,
 )
-from ..utils.io import commit_folder, staging_folder, write_json
+from ..utils.io import commit_folder, staging_folder, sweep_staging_folders, write_json
 from .card import render_ticket_card
 from .codec import load_masks, save_masks
 from .config import TicketConfig
@@ -44,6 +44,8 @@ from .hub import DOWNLOAD_ARGUMENTS, TicketUploadError, download_file, upload_fi
 logger = logging.get_logger(__name__)
 
 TICKET_FILES = (TICKET_CONFIG_NAME, TICKET_MASK_NAME, TICKET_CARD_NAME, SPARSITY_PLOT_NAME)
+# Files whose digests the config records besides the mask's (`files_sha256`).
+COMMITTED_FILES = (TICKET_CARD_NAME, SPARSITY_PLOT_NAME)
 
 
 def write_ticket_files(
@@ -67,6 +69,7 @@ def write_ticket_files(
             mask, config=config, repo_id=repo_id, plot=SPARSITY_PLOT_NAME if plotted else None, has_weights=has_weights
         )
         (folder / TICKET_CARD_NAME).write_text(str(card), encoding="utf-8")
+    config.files_sha256 = {name: file_sha256(folder / name) for name in COMMITTED_FILES if (folder / name).is_file()}
     write_json(folder / TICKET_CONFIG_NAME, config.to_dict())
 
 
@@ -124,8 +127,10 @@ def load_ticket(
     folder = _local_folder(pretrained_ticket_name_or_path, subfolder)
     if folder is not None:
         label = str(folder)
+        sweep_staging_folders(folder)
         config_file, mask_file = folder / TICKET_CONFIG_NAME, folder / TICKET_MASK_NAME
         config = TicketConfig.from_json_file(config_file)
+        _check_committed_files(folder, config)
     else:
         repo_id = str(pretrained_ticket_name_or_path)
         label = f"{repo_id}{'/' + subfolder if subfolder else ''}{'@' + revision if revision else ''}"
@@ -133,21 +138,34 @@ def load_ticket(
         config_file = download_file(repo_id, TICKET_CONFIG_NAME, label, **download)
         config = TicketConfig.from_json_file(config_file)  # an unknown format version stops here
         mask_file = download_file(repo_id, TICKET_MASK_NAME, label, **download)
-    masks = load_masks(mask_file)
     recorded = [(e.get("name"), list(e.get("shape", []))) for e in config.prunable_parameters]
-    stored = [(name, list(m.shape)) for name, m in masks.items()]
-    if recorded != stored:
-        first = next(
-            (f"{r} in the config vs {s} in the mask" for r, s in zip(recorded, stored) if r != s),
-            f"{len(recorded)} parameters in the config vs {len(stored)} in the mask",
-        )
-        raise ValueError(f"{label}: {TICKET_CONFIG_NAME} and {TICKET_MASK_NAME} disagree ({first}).")
+    # Decoding is bounded by the recorded shapes, so a damaged file is named precisely before the digest check.
+    masks = load_masks(mask_file, expected_shapes=recorded)
     if config.mask_sha256 and file_sha256(mask_file) != config.mask_sha256:
         raise ValueError(
             f"{label}: {TICKET_MASK_NAME} is not the mask {TICKET_CONFIG_NAME} was written with (its sha256 "
             "differs): the folder was partly overwritten or edited. Save or download the ticket again."
         )
     return masks, config
+
+
+def _check_committed_files(folder: Path, config: TicketConfig) -> None:
+    """Warn when the card or plot beside the config is not the one written with it (a save killed after replacing
+    them, or a hand edit): the ticket itself is the config's and the mask's, which are checked on their own."""
+    stale = [
+        name
+        for name, digest in config.files_sha256.items()
+        if name in COMMITTED_FILES and (folder / name).is_file() and file_sha256(folder / name) != digest
+    ]
+    if stale:
+        logger.warning(
+            "%s: %s not the one(s) written with %s (sha256 differs): a save into this folder was interrupted, or "
+            "the file was edited. The ticket loads as its config and mask describe it; save it again to rewrite "
+            "the card and plot.",
+            folder,
+            " and ".join(stale) + (" is" if len(stale) == 1 else " are"),
+            TICKET_CONFIG_NAME,
+        )
 
 
 def find_ticket(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], TicketConfig] | None:

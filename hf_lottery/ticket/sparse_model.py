@@ -16,15 +16,16 @@ from transformers.utils import logging
 from ..constants import SPARSITY_PLOT_NAME, TICKET_CONFIG_NAME
 from ..utils.io import commit_folder, staging_folder
 from ..utils.parameters import check_mask_fits
-from .config import TicketConfig
+from .config import SAFE_MODEL_KWARGS, TicketConfig, split_model_kwargs
 from .figures import mask_figures
 from .fingerprint import tensor_digest
 from .folder import write_ticket_files
 
 logger = logging.get_logger(__name__)
 
-# Weight files of a `save_pretrained` checkpoint; stale ones are removed when a sparse model is saved over another.
-_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)([-.].*)?\.(safetensors|bin)(\.index\.json)?$")
+# The weight files `save_pretrained` writes (one file, or numbered shards and their index); stale ones are removed
+# when a sparse model is saved over another. Nothing else is: `model.orig.safetensors` may be the user's backup.
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
 
 
 def save_sparse_model(
@@ -70,11 +71,13 @@ def save_sparse_model(
     if not is_main_process:
         return target
     state = dict(state_dict if state_dict is not None else inner.state_dict())
+    aliases = _aliases(state)
     for name, m in mask.items():
         if name not in state:
             raise ValueError(f"The state dict to save has no entry {name!r}, which the ticket masks.")
-        tensor = state[name]
-        state[name] = tensor.masked_fill(~m.to(tensor.device), 0)  # +0.0, where tensor * mask gives -0.0
+        for alias in aliases.get(name, [name]):  # tied weights: one mask for every name of the tensor
+            tensor = state[alias]
+            state[alias] = tensor.masked_fill(~m.to(tensor.device), 0)  # +0.0, where tensor * mask gives -0.0
     with staging_folder(target) as staging:
         inner.save_pretrained(staging, state_dict=state, **save_pretrained_kwargs)
         write_ticket_files(mask, metadata, staging, repo_id=None, create_card=create_card, has_weights=True)
@@ -87,6 +90,22 @@ def save_sparse_model(
     return target
 
 
+def _aliases(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """For each entry of `state`, every name under which the same tensor appears (tied weights)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta" and tensor.numel():
+            key = (
+                tensor.device,
+                tensor.untyped_storage().data_ptr(),
+                tensor.storage_offset(),
+                tensor.shape,
+                tensor.stride(),
+            )
+            groups.setdefault(key, []).append(name)
+    return {name: names for names in groups.values() for name in names}
+
+
 def load_base_model(
     config: TicketConfig,
     model_class: Any,
@@ -94,19 +113,35 @@ def load_base_model(
     **from_pretrained_kwargs: Any,
 ) -> nn.Module:
     """The base model a ticket masks: `base` itself if it is a model, else `model_class.from_pretrained` of `base`
-    or of the recorded base (at the recorded revision), with the recorded `model_kwargs` as defaults."""
+    or of the recorded base (at the recorded revision), with the recorded `model_kwargs` as defaults.
+
+    A ticket is untrusted input: of its `model_kwargs` only the allow-listed ones (`SAFE_MODEL_KWARGS`: the task
+    head's `num_labels`, labels, `problem_type`, `dtype`) are passed. Any other key (`trust_remote_code`,
+    `device_map`, paths...) must be given by the caller, whose value is then used.
+
+    Raises:
+        `ValueError`: the ticket asks for a `from_pretrained` argument outside the allow-list that the caller did
+        not pass.
+    """
     if isinstance(base, nn.Module):
-        model = base
-    else:
-        path = base if base is not None else config.base_model_name_or_path
-        if not path:
-            raise ValueError("The ticket does not record its base model; pass `base=` (a Hub id or a local folder).")
-        if base is None and config.revision and "revision" not in from_pretrained_kwargs:
-            from_pretrained_kwargs["revision"] = config.revision
-        for key, value in config.model_kwargs.items():
-            from_pretrained_kwargs.setdefault(key, value)
-        model = model_class.from_pretrained(path, **from_pretrained_kwargs)
-    return model
+        return base
+    path = base if base is not None else config.base_model_name_or_path
+    if not path:
+        raise ValueError("The ticket does not record its base model; pass `base=` (a Hub id or a local folder).")
+    if base is None and config.revision and "revision" not in from_pretrained_kwargs:
+        from_pretrained_kwargs["revision"] = config.revision
+    safe, refused = split_model_kwargs(config.model_kwargs)
+    refused = {k: v for k, v in refused.items() if k not in from_pretrained_kwargs}
+    if refused:
+        shown = ", ".join(f"{k!s}={v!r}"[:80] for k, v in refused.items())
+        raise ValueError(
+            f"The ticket's {TICKET_CONFIG_NAME} asks `from_pretrained` for {shown}, which a ticket may not set on "
+            f"its own (only {', '.join(SAFE_MODEL_KWARGS)} with plain values). If you trust it, pass the argument "
+            "yourself, e.g. load_model(..., trust_remote_code=True); otherwise pass your own value."
+        )
+    for key, value in safe.items():
+        from_pretrained_kwargs.setdefault(key, value)
+    return model_class.from_pretrained(path, **from_pretrained_kwargs)
 
 
 def verify_base(mask: Mapping[str, torch.Tensor], model: nn.Module, config: TicketConfig) -> None:

@@ -24,6 +24,7 @@ from ..scoring import registered_methods, scoring_spec
 from ..structured.scores import STRUCTURE_SCORERS
 from ..ticket.history import plot_history, write_history
 from ..ticket.mask import TicketMask
+from .checks import check_resumed_settings, check_run_settings, check_target_reachable, ticket_settings
 from .distributed import sync_mask
 from .early_bird import EarlyBird
 from .granularity import Batches, granularity_for
@@ -80,6 +81,7 @@ class LotteryRounds:
 
     def __init__(self, args: Any, run_state: RunState):
         check_lottery_arguments(args)
+        check_run_settings(args)
         self.args = args
         self.run_state = run_state
         self.granularity = granularity_for(args)
@@ -102,12 +104,14 @@ class LotteryRounds:
         """
         self.theta0 = snapshot_weights(model)
         self.run_state.save_theta0(self.theta0)
+        self.run_state.save_settings(ticket_settings(self.args, self.theta0))
         if given_mask is not None:
             given_mask.validate(model)
             mask = given_mask
         else:
             mask = TicketMask.ones_like(self.granularity.covered_parameters(model, self.args))
         mask = sync_mask(mask)
+        check_target_reachable(self.args, mask)
         self.set_schedule(mask)
         self.history = []
         if self.prunes_at_init() and len(self.schedule) > 1:
@@ -130,6 +134,9 @@ class LotteryRounds:
         """Read θ0, the rewind point and a ticket chosen at θ0 back from the run state (a resumed run; the
         schedule is set first)."""
         self.theta0 = self.run_state.load_theta0()
+        saved = self.run_state.load_settings()
+        if saved is not None:
+            check_resumed_settings(saved, ticket_settings(self.args, self.theta0), self.args.output_dir)
         if self.prunes_at_init() and len(self.schedule) > 1:
             self.ticket_at_init = self.run_state.load_mask(1)
         if self.args.rewind == "step" and self.run_state.has_rewind_weights():

@@ -9,7 +9,6 @@ that is not complete.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,11 @@ from ..constants import (
     THETA0_NAME,
 )
 from ..ticket.mask import TicketMask
-from ..utils.io import load_tensors, save_tensors, write_json
+from ..utils.io import load_tensors, read_json, save_tensors, write_json
+from .checks import MAX_SCHEDULE_ROUNDS
 
 STATE_FORMAT_VERSION = 1
+RUN_SETTINGS_NAME = "settings.json"
 
 
 def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -57,6 +58,29 @@ def load_weights_(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
         targets[name].copy_(value)
 
 
+PHASES = ("prepared", "trained")
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a `state.json`, or None."""
+    schedule, history, round_index = state["schedule"], state["history"], state["round"]
+    if not isinstance(schedule, list) or not schedule or len(schedule) > MAX_SCHEDULE_ROUNDS + 1:
+        return "'schedule' must be a non-empty list of sparsities"
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s < 1 for s in schedule):
+        return "'schedule' must hold sparsities in [0, 1)"
+    if not _is_index(round_index) or round_index >= len(schedule):
+        return f"'round' must be a round of the schedule (0 to {len(schedule) - 1}), got {str(round_index)[:20]}"
+    if state["phase"] not in PHASES:
+        return f"'phase' must be one of {', '.join(PHASES)}, got {str(state['phase'])[:20]!r}"
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        return "'history' must be a list of objects, one per finished round"
+    return None
+
+
 class RunState:
     """Reads and writes the files of one lottery run (only the main process writes)."""
 
@@ -69,21 +93,27 @@ class RunState:
         return (self.dir / LOTTERY_STATE_NAME).is_file()
 
     def read(self) -> dict[str, Any]:
+        """`state.json`, checked field by field: a `ValueError` names the file and the field at fault."""
         path = self.dir / LOTTERY_STATE_NAME
+        start_over = f"Remove {self.dir} to start over."
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+            state = read_json(path, what="the lottery run state", hint=start_over)
+        except FileNotFoundError as err:
+            raise ValueError(f"Cannot read the lottery run state {path}: {err}. {start_over}") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} holds a {type(state).__name__}, not an object (edited by hand?). {start_over}")
+        version = state.get("format_version")
+        if version != STATE_FORMAT_VERSION:
             raise ValueError(
-                f"Cannot read the lottery run state {path}: {err}. Remove {self.dir} to start over."
-            ) from err
-        missing = [key for key in ("round", "phase", "schedule", "history") if key not in state]
-        if missing and state.get("format_version") == STATE_FORMAT_VERSION:
-            raise ValueError(f"{path} lacks {', '.join(missing)} (edited by hand?). Remove {self.dir} to start over.")
-        if state.get("format_version") != STATE_FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has format version {state.get('format_version')!r}; this hf_lottery reads "
+                f"{path} has format version {str(version)[:20]!r}; this hf_lottery reads "
                 f"{STATE_FORMAT_VERSION}. Finish the run with the version that started it, or start over."
             )
+        missing = [key for key in ("round", "phase", "schedule", "history") if key not in state]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)} (edited by hand?). {start_over}")
+        problem = _state_problem(state)
+        if problem:
+            raise ValueError(f"{path}: {problem} (edited by hand?). {start_over}")
         return state
 
     def write(self, round_index: int, phase: str, schedule: list[float], history: list[dict[str, Any]]) -> None:
@@ -118,6 +148,23 @@ class RunState:
             return load_tensors(path)
         except Exception as err:  # safetensors raises its own error types for damaged files
             raise ValueError(f"{path} is damaged ({err}); remove {self.dir} to start over.") from err
+
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        """The settings that decide the run's ticket (see `checks.ticket_settings`), checked on resume."""
+        if self.should_write:
+            write_json(self.dir / RUN_SETTINGS_NAME, settings)
+
+    def load_settings(self) -> dict[str, Any] | None:
+        """The settings saved by [`save_settings`], or None for a run state written before they were recorded."""
+        path = self.dir / RUN_SETTINGS_NAME
+        if not path.is_file():
+            return None
+        settings = read_json(path, what="the lottery run settings", hint=f"Remove {self.dir} to start over.")
+        if not isinstance(settings, dict):
+            raise ValueError(
+                f"{path} holds a {type(settings).__name__}, not an object. Remove {self.dir} to start over."
+            )
+        return settings
 
     def save_theta0(self, weights: dict[str, torch.Tensor]) -> None:
         self._save(THETA0_NAME, weights)
