@@ -16,6 +16,8 @@ from ..types import (
     PRUNING_RATE_OF,
     REWIND_MODES,
     SCOPES,
+    WEIGHT_SCOPES,
+    n_m_pattern,
 )
 from .schedule import sparsity_schedule
 
@@ -23,6 +25,21 @@ from .schedule import sparsity_schedule
 def _choices(name: str, value: object, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise ValueError(f"{name}={value!r} is not valid; accepted values: {', '.join(map(repr, accepted))}.")
+
+
+def _check_pruning_scope(scope: str, target_sparsity: float, granularity: str) -> None:
+    pattern = n_m_pattern(scope)
+    if pattern is None:
+        _choices("pruning_scope", scope, WEIGHT_SCOPES if granularity == "weight" else SCOPES)
+        return
+    if granularity != "weight":
+        raise ValueError(f"pruning_scope={scope!r} (N:M) prunes single weights; it needs granularity='weight'.")
+    n, m = pattern
+    if target_sparsity > 1 - n / m:
+        raise ValueError(
+            f"pruning_scope={scope!r} keeps {n} of every {m} weights, so target_sparsity can be at most {1 - n / m}; "
+            f"got {target_sparsity}."
+        )
 
 
 @dataclass
@@ -74,8 +91,9 @@ class LotteryArguments(TrainingArguments):
     pruning_scope: str = field(
         default="global",
         metadata={
-            "help": "'global': one threshold over all prunable weights; 'layer': each tensor alike.",
-            "choices": list(SCOPES),
+            "help": "'global': one threshold over all prunable weights; 'layer': each tensor alike; 'row': the "
+            "weights feeding each output alike (Wanda); 'N:M' such as '2:4': N kept of every M consecutive weights "
+            "along the input dimension (target_sparsity at most 1 - N/M).",
         },
     )
     pruning_method: str = field(
@@ -180,7 +198,7 @@ class LotteryArguments(TrainingArguments):
             raise ValueError(f"pruning_rate must be in (0, 1), got {self.pruning_rate}.")
         _choices("pruning_rate_of", self.pruning_rate_of, PRUNING_RATE_OF)
         _choices("rewind", self.rewind, REWIND_MODES)
-        _choices("pruning_scope", self.pruning_scope, SCOPES)
+        _check_pruning_scope(self.pruning_scope, self.target_sparsity, self.granularity)
         _choices("on_tensor_collapse", self.on_tensor_collapse, COLLAPSE_POLICIES)
         _choices("granularity", self.granularity, GRANULARITIES)
         # pruning_method and structured_scoring are checked against their registries when a run is set up (the
