@@ -6,6 +6,7 @@ from .integrations.peft import apply_ticket_to_peft, merge_and_unload_sparse, re
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .pruning.prune import prune
 from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
+from .scoring.sparsegpt import load_reconstruction_, sparsegpt_update
 from .selector import LayerCollapseError, select_mask
 from .structured import (
     BlockLayout,
@@ -70,4 +71,6 @@ __all__ = [
     "select_mask",
     "sparsity_schedule",
     "transfer_ticket",
+    "load_reconstruction_",
+    "sparsegpt_update",
 ]

@@ -16,6 +16,8 @@ GRANULARITIES = ("weight", "head", "neuron", "head+neuron")
 DEFAULT_SYNFLOW_ITERATIONS = 100
 HYDRA_OPTIMIZERS = ("adam", "sgd")
 DEFAULT_HYDRA_LEARNING_RATE = 0.01
+DEFAULT_CALIBRATION_BATCHES = 32  # Wanda / SparseGPT inside a run: enough tokens, not the whole training set
+DEFAULT_SPARSEGPT_DAMPING = 0.01
 
 
 # Weight-level scopes beyond SCOPES (selector, prune(), LotteryArguments.pruning_scope): "row" compares the weights

@@ -8,8 +8,10 @@ from transformers import TrainingArguments
 
 from ..types import (
     COLLAPSE_POLICIES,
+    DEFAULT_CALIBRATION_BATCHES,
     DEFAULT_HYDRA_LEARNING_RATE,
     DEFAULT_MAX_TENSOR_SPARSITY,
+    DEFAULT_SPARSEGPT_DAMPING,
     DEFAULT_SYNFLOW_ITERATIONS,
     GRANULARITIES,
     HYDRA_OPTIMIZERS,
@@ -187,6 +189,20 @@ class LotteryArguments(TrainingArguments):
             "help": "pruning_method='hydra', hydra_adversarial: ascent steps (forward/backward runs) per batch."
         },
     )
+    wanda_calibration_batches: int | None = field(
+        default=DEFAULT_CALIBRATION_BATCHES,
+        metadata={"help": "pruning_method='wanda': training batches run to measure the layers' inputs (None: all)."},
+    )
+    sparsegpt_calibration_batches: int | None = field(
+        default=DEFAULT_CALIBRATION_BATCHES,
+        metadata={
+            "help": "pruning_method='sparsegpt': training batches run to build each layer's Hessian (None: all)."
+        },
+    )
+    sparsegpt_damping: float = field(
+        default=DEFAULT_SPARSEGPT_DAMPING,
+        metadata={"help": "pruning_method='sparsegpt': damping added to the Hessian diagonal, times its mean."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -230,6 +246,11 @@ class LotteryArguments(TrainingArguments):
                 "hydra_adversarial_epsilon must be > 0 and hydra_adversarial_steps >= 1, got "
                 f"{self.hydra_adversarial_epsilon} and {self.hydra_adversarial_steps}."
             )
+        for name in ("wanda_calibration_batches", "sparsegpt_calibration_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None (all batches), got {getattr(self, name)}.")
+        if not self.sparsegpt_damping > 0:
+            raise ValueError(f"sparsegpt_damping must be > 0, got {self.sparsegpt_damping}.")
 
     def sparsity_schedule(self, start: float = 0.0) -> list[float]:
         """Sparsity of each round, round 0 (dense, or `start` for an already sparse model) first."""
