@@ -12,9 +12,10 @@ import torch
 from test_structured_loading import REMOTE_SCRIPT
 from transformers import AutoModelForCausalLM
 
-from hf_lottery import prune_heads, prune_neurons, structure_counts
+from hf_lottery import LotteryArguments, LotteryTrainer, prune_heads, prune_neurons, structure_counts
+from hf_lottery.structured.imp import compact_by_mask, removed_groups, structured_mask
 from hf_lottery.structured.scores import magnitude_scores
-from hf_lottery.testing_utils import tiny_causal_lm
+from hf_lottery.testing_utils import tiny_causal_lm, toy_text_dataset
 
 FAMILIES = ["llama", "qwen2"]
 HEAD_DIM = 8  # hidden 32 / 4 query heads; 2 KV heads, so 2 query heads per KV group
@@ -111,3 +112,42 @@ def test_group_magnitude_scores_cover_the_whole_kv_group():
     n = 7
     neuron = [layer.mlp.gate_proj.weight[n], layer.mlp.up_proj.weight[n], layer.mlp.down_proj.weight[:, n]]
     torch.testing.assert_close(scores["neurons"][0][n], torch.cat([p.detach() for p in neuron]).norm())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_structured_mask_of_kv_groups_equals_compaction(family):
+    model = _model(family)
+    removed = {"heads": {0: [1], 1: [0]}, "neurons": {0: [2, 5, 7], 1: [0]}}
+    mask = structured_mask(model, removed)
+    assert removed_groups(model, mask) == removed
+    q = mask["model.layers.0.self_attn.q_proj.weight"]
+    assert (~q.any(1)).nonzero().flatten().tolist() == list(range(16, 32))  # both query heads of KV group 1
+    assert not mask["model.layers.0.mlp.up_proj.weight"][5].any()
+    compacted = compact_by_mask(model, mask)
+    mask.apply_(model)
+    torch.testing.assert_close(_logits(model), _logits(compacted.eval()), rtol=1e-5, atol=1e-5)
+
+
+def test_lottery_trainer_structured_imp_on_llama(tmp_path):
+    args = LotteryArguments(
+        output_dir=str(tmp_path / "run"),
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        target_sparsity=0.5,
+        pruning_rate=0.5,
+        granularity="head+neuron",
+    )
+    trainer = LotteryTrainer(model=_model("llama"), args=args, train_dataset=toy_text_dataset(16))
+    trainer.train()
+    assert [r["removed_groups"] for r in trainer.lottery_history][-1] == {"heads": 2, "neurons": 48}
+    trainer.model.eval()
+    reference = _logits(trainer.model)
+    trainer.save_model(str(tmp_path / "small"))
+    small = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
+    assert structure_counts(small)["heads"]["remaining"] == 2
+    torch.testing.assert_close(_logits(small), reference, rtol=1e-5, atol=1e-5)
