@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments
 
-from hf_lottery import LotteryArguments, LotteryTrainer, default_prunable_names, prune
+from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer, default_prunable_names, prune
 from hf_lottery.testing_utils import tiny_causal_lm, toy_text_dataset
 from hf_lottery.training.causal_lm import is_causal_lm, load_text, text_blocks, with_perplexity
 
@@ -115,3 +115,28 @@ def test_local_text_becomes_blocks(tmp_path):
         load_text(tmp_path / "missing")
     with pytest.raises(ValueError, match="fewer than one block"):
         text_blocks(["ab"], _char_tokenizer(), block_size=8)
+
+
+def test_lottery_callback_records_perplexity_for_a_causal_lm(tmp_path):
+    callback = LotteryCallback(LotteryArguments(output_dir=str(tmp_path), target_sparsity=0.5, pruning_rate=0.25))
+    train_args = TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        eval_strategy="epoch",
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    Trainer(
+        model=tiny_causal_lm("llama"),
+        args=train_args,
+        train_dataset=toy_text_dataset(32),
+        eval_dataset=toy_text_dataset(8, seed=1),
+        callbacks=[callback],
+    ).train()
+    evaluated = [r["metrics"] for r in callback.history if r["metrics"]]
+    assert evaluated
+    for metrics in evaluated:
+        assert math.isclose(metrics["eval_perplexity"], math.exp(metrics["eval_loss"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_scoring_common import CASE_IDS, SCORING_CASES
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_lottery import LotteryArguments, TicketMask, prune, select_mask
@@ -148,3 +149,12 @@ def test_lottery_arguments_accept_row_and_n_m_scopes(tmp_path):
         LotteryArguments(output_dir=str(tmp_path), pruning_scope="2:4", target_sparsity=0.5, granularity="head")
     with pytest.raises(ValueError, match="pruning_scope"):
         LotteryArguments(output_dir=str(tmp_path), pruning_scope="row", granularity="head")
+
+
+@pytest.mark.parametrize("case", SCORING_CASES, ids=CASE_IDS)
+def test_every_registered_method_gives_exact_row_and_2_4_masks(case):
+    model = tiny_model()
+    mask = prune(model, 0.5, method=case.method, scope="2:4", max_tensor_sparsity=None, **case.kwargs())
+    assert all(torch.all(_groups(keep, 4).sum(1) == 2) for keep in mask.values())
+    mask = prune(model, 0.25, method=case.method, scope="row", max_tensor_sparsity=None, **case.kwargs())
+    assert all(torch.all((~keep).sum(1) == round(0.25 * keep.shape[1])) for keep in mask.values())
