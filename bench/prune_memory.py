@@ -44,6 +44,15 @@ SHAPES = {
         vocab_size=128256,
         tie_word_embeddings=True,
     ),
+    "llama-150m": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        tie_word_embeddings=True,
+    ),
     "tiny": dict(
         hidden_size=64,
         intermediate_size=256,

@@ -140,3 +140,17 @@ def test_lottery_callback_records_perplexity_for_a_causal_lm(tmp_path):
     assert evaluated
     for metrics in evaluated:
         assert math.isclose(metrics["eval_perplexity"], math.exp(metrics["eval_loss"]))
+
+
+def test_pruning_a_tied_embedding_prunes_the_lm_head_with_it(tmp_path):
+    model = tiny_causal_lm("gpt2").eval()
+    mask = prune(model, 0.3, prune_modules=[r"transformer\.wte\.weight"])
+    assert list(mask) == ["transformer.wte.weight"]  # one tensor: lm_head.weight is the same parameter
+    mask.apply_(model)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert torch.all(model.lm_head.weight[~mask["transformer.wte.weight"]] == 0)
+    model.save_pretrained(tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    ids = torch.randint(3, 64, (2, 10))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
