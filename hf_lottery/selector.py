@@ -147,7 +147,7 @@ def _ranks(rows: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _row_targets(name: str, live_rows: torch.Tensor | None, shape: tuple[int, int], sparsity: float) -> torch.Tensor:
+def _row_targets(live_rows: torch.Tensor | None, shape: tuple[int, int], sparsity: float) -> torch.Tensor:
     """Weights pruned per output row: `round(sparsity * fan_in)`, or more where the current mask pruned more."""
     target = torch.full((shape[0],), round(sparsity * shape[1]), dtype=torch.int64)
     if live_rows is not None:
@@ -187,7 +187,7 @@ def _per_tensor_keep(
     live_rows = None if mask is None else _rows(mask.to("cpu", torch.bool), output_dim)
     pattern = n_m_pattern(scope)
     if pattern is None:  # "row"
-        keep = _ranks(rows) >= _row_targets(name, live_rows, rows.shape, sparsity).unsqueeze(1)
+        keep = _ranks(rows) >= _row_targets(live_rows, rows.shape, sparsity).unsqueeze(1)
     else:
         candidates = _n_m_candidates(name, rows, live_rows, *pattern)
         # Below 1 - N/M (IMP's early rounds) only the lowest candidates go, so every later round nests.
@@ -212,7 +212,7 @@ def _per_tensor_targets(
     for n in names:
         live = None if mask is None else _rows(mask[n].to("cpu", torch.bool), output_dims.get(n, 0))
         shape = _rows(scores[n], output_dims.get(n, 0)).shape
-        targets[n] = int(_row_targets(n, live, shape, sparsity).sum())
+        targets[n] = int(_row_targets(live, shape, sparsity).sum())
     return targets
 
 
