@@ -52,14 +52,14 @@ def _masked_flat_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torc
     return flat
 
 
-# Elements converted at a time by the global selection: its working set is a few bytes times this.
-GLOBAL_SELECTION_CHUNK = 1 << 22
+# Scores converted at a time by the global selection; its working set is about 25 bytes times this.
+GLOBAL_SELECTION_CHUNK = 1 << 20
 
 
 def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """int64 keys in [0, 2**32) sorting like the float32 `values` (-0.0 counted as +0.0, as `<` does)."""
-    bits = (values + 0.0).view(torch.int32).to(torch.int64)
-    return torch.where(bits < 0, -1 - bits, bits + 2**31)
+    """int32 keys that sort like the float32 `values` (-0.0 counted as +0.0, as `<` does)."""
+    bits = (values + 0.0).view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
 def _key_chunks(
@@ -79,20 +79,25 @@ def _key_chunks(
 def _kth_key(
     names: list[str], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None, k: int, chunk: int
 ) -> tuple[int, int]:
-    """The order key of the `k`-th lowest score (1-based) and how many scores lie strictly below it."""
+    """The order key of the `k`-th lowest score (1-based) and how many scores lie strictly below it.
+
+    Radix select in two 16-bit digits: a histogram of the high halves finds the bucket holding the k-th key, a
+    histogram of the low halves inside that bucket finds the key.
+    """
     high = torch.zeros(1 << 16, dtype=torch.int64)
     for _, _, keys in _key_chunks(names, scores, mask, chunk):
-        high += torch.bincount(keys >> 16, minlength=1 << 16)
+        high += torch.bincount((keys >> 16) + (1 << 15), minlength=1 << 16)
     cumulative = high.cumsum(0)
     top = int(torch.searchsorted(cumulative, k))
     below = int(cumulative[top - 1]) if top > 0 else 0
+    top -= 1 << 15  # the signed high half
     low = torch.zeros(1 << 16, dtype=torch.int64)
     for _, _, keys in _key_chunks(names, scores, mask, chunk):
         low += torch.bincount(keys[(keys >> 16) == top] & 0xFFFF, minlength=1 << 16)
     cumulative = low.cumsum(0)
     bottom = int(torch.searchsorted(cumulative, k - below))
     below += int(cumulative[bottom - 1]) if bottom > 0 else 0
-    return (top << 16) | bottom, below
+    return (top << 16) + bottom, below
 
 
 def _global_keep(
