@@ -10,7 +10,7 @@ from hf_lottery.training.enforcement import MaskEnforcer
 
 
 def _held_bytes(enforcer: MaskEnforcer) -> int:
-    held = [t for _, t in enforcer._pruned]
+    held = [t for _, t in enforcer._keep]
     assert all(t.dtype == torch.bool for t in held)
     return sum(t.numel() * t.element_size() for t in held)
 

@@ -16,6 +16,25 @@ from ..utils.parameters import named_parameters
 logger = logging.get_logger(__name__)
 
 
+# Elements multiplied at a time on the CPU, where a multiply by a bool mask first casts it to the tensor's dtype: the
+# cast's temporary stays this small (a few MB) whatever the tensor size.
+_MASK_CHUNK = 1 << 20
+
+
+@torch.no_grad()
+def multiply_by_mask_(tensor: torch.Tensor, keep: torch.Tensor) -> None:
+    """`tensor *= keep` in place for a bool `keep`; on the CPU a chunk at a time.
+
+    A multiply rather than `masked_fill_`: several times faster per step on the CPU (bench/RESULTS.md).
+    """
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or not keep.is_contiguous():
+        tensor.mul_(keep)
+        return
+    flat, flat_keep = tensor.view(-1), keep.view(-1)
+    for start in range(0, flat.numel(), _MASK_CHUNK):
+        flat[start : start + _MASK_CHUNK].mul_(flat_keep[start : start + _MASK_CHUNK])
+
+
 class MaskEnforcer:
     """Enforces a [`TicketMask`] on a model's parameters.
 
@@ -29,11 +48,10 @@ class MaskEnforcer:
         self.mask = mask
         named = named_parameters(model)  # original names, also under peft
         sync_lora_masks(model, mask)  # LoRA updates over pruned weights are masked too (no-op without peft)
-        # One bool per prunable weight (True = pruned) on the parameter's device: a mask in the weights' dtype
-        # would hold the weights' memory twice over, and masked_fill_ reads a bool mask as is where a multiply by
-        # it first casts it to the weights' dtype (a temporary the size of the tensor, every step).
-        self._pruned: list[tuple[nn.Parameter, torch.Tensor]] = [
-            (named[name], (~m.to(device=named[name].device, dtype=torch.bool)))
+        # One bool per prunable weight (True = kept) on the parameter's device; on the CPU that is the ticket's own
+        # tensor, no copy. A mask in the weights' dtype would hold the weights' memory twice over.
+        self._keep: list[tuple[nn.Parameter, torch.Tensor]] = [
+            (named[name], m.to(device=named[name].device, dtype=torch.bool))
             for name, m in mask.items()
             if not bool(m.all())
         ]
@@ -42,25 +60,25 @@ class MaskEnforcer:
     @torch.no_grad()
     def zero_weights(self) -> None:
         """Zero the pruned weights in place."""
-        for param, pruned in self._pruned:
-            param.masked_fill_(pruned, 0)
+        for param, keep in self._keep:
+            multiply_by_mask_(param, keep)
 
     @torch.no_grad()
     def reset_optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Zero the optimizer state (momenta) of pruned weights, for masks that change mid-run."""
         if optimizer is None:
             return
-        for param, pruned in self._pruned:
+        for param, keep in self._keep:
             for value in optimizer.state.get(param, {}).values():
                 if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                    value.masked_fill_(pruned, 0)
+                    multiply_by_mask_(value, keep)
 
     def attach(self) -> None:
         """Register the gradient hooks and zero the pruned weights."""
         self.detach()
-        for param, pruned in self._pruned:
+        for param, keep in self._keep:
             if param.requires_grad:
-                self._hooks.append(param.register_post_accumulate_grad_hook(_grad_masker(pruned)))
+                self._hooks.append(param.register_post_accumulate_grad_hook(_grad_masker(keep)))
         self.zero_weights()
 
     def detach(self) -> None:
@@ -70,10 +88,10 @@ class MaskEnforcer:
         self._hooks = []
 
 
-def _grad_masker(pruned: torch.Tensor):
+def _grad_masker(keep: torch.Tensor):
     def hook(param: torch.Tensor) -> None:
         if param.grad is not None:
-            param.grad.masked_fill_(pruned, 0)
+            multiply_by_mask_(param.grad, keep)
 
     return hook
 
