@@ -1,7 +1,7 @@
 """Peak memory of prune() on a randomly initialised decoder: the chunked global threshold vs concatenating scores.
 
-Each measurement runs in a fresh child process that builds the model (random weights, `--dtype`), then records
-the resident set size before and its high-water mark after (Linux: `/proc/self/clear_refs` resets VmHWM):
+Each measurement runs in a fresh child process that builds the model (random weights, `--dtype`), warms the
+kernels up on a tiny input, then records the resident set size before and its high-water mark after (Linux: `/proc/self/clear_refs` resets VmHWM):
 
   prune    - prune(model, sparsity), magnitude, global scope: scores (|w|, the weights' dtype) + selection + mask
   select   - select_mask(scores, sparsity) on precomputed scores: the selector's own working set + the mask
@@ -95,6 +95,10 @@ def child(opts: argparse.Namespace) -> dict:
     scores = None
     if opts.variant != "prune":
         scores = {n: p.detach().abs() for n, p in params.items()}
+    # Warm up on a tiny input first: the kernels' code pages (file-backed, counted in RSS) load on first use.
+    warm = {"w": torch.rand(64, 64).to(getattr(torch, opts.dtype))}
+    select_mask(warm, opts.sparsity, max_tensor_sparsity=None)
+    _concat_select(warm, opts.sparsity)
     base = _status_kib("VmRSS")
     _reset_peak()
     start = time.perf_counter()
