@@ -81,7 +81,9 @@ def magnitude_scores(model: PreTrainedModel, p: float = 2.0) -> StructureScores:
             result["heads"][layer] = _full(num_heads, head_ids, norms)
         neuron_ids = kept_indices(num_neurons, getattr(block, PRUNED_NEURONS_ATTR, ()))
         if neuron_ids:
-            inner = [block.get_submodule(path).weight.float() for path in (layout.intermediate, *layout.intermediate_extra)]
+            inner = [
+                block.get_submodule(path).weight.float() for path in (layout.intermediate, *layout.intermediate_extra)
+            ]
             outer = block.get_submodule(layout.output).weight.float()  # (hidden, neurons)
             norms = torch.cat([*inner, outer.t()], dim=1).norm(p=p, dim=1)
             result["neurons"][layer] = _full(num_neurons, neuron_ids, norms)
