@@ -7,6 +7,7 @@ from .integrations.peft import apply_ticket_to_peft, merge_and_unload_sparse, re
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .pruning.prune import prune
 from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
+from .scoring.sparsegpt import load_reconstruction_, sparsegpt_update
 from .selector import LayerCollapseError, select_mask
 from .structured import (
     BlockLayout,
@@ -76,4 +77,6 @@ __all__ = [
     "load_for_cpu",
     "measure_speed",
     "write_speed_card",
+    "load_reconstruction_",
+    "sparsegpt_update",
 ]

@@ -1,4 +1,9 @@
-"""Turn importance scores into a mask: exact-count top-k, global or per tensor, with a layer-collapse guard."""
+"""Turn importance scores into a mask: exact-count top-k, global, per tensor, per output row or N:M, with a guard.
+
+The global threshold is found by a radix select over the scores' float32 bit patterns, a chunk at a time (two
+16-bit histogram passes and one marking pass), so no concatenation of all scores is ever held: the working set is
+one chunk, the result one bool per weight.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from .types import (
     AUTO_RELATIVE_TENSOR_DENSITY,
     AUTO_TENSOR_SPARSITY,
     COLLAPSE_POLICIES,
-    SCOPES,
+    WEIGHT_SCOPES,
+    is_weight_scope,
+    n_m_pattern,
 )
 
 logger = logging.get_logger(__name__)
@@ -94,12 +101,173 @@ def _masked_flat_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torc
     return flat
 
 
+# Scores converted at a time by the global selection; its working set is about 25 bytes times this.
+GLOBAL_SELECTION_CHUNK = 1 << 20
+
+
+def _order_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys that sort like the float32 `values` (-0.0 counted as +0.0, as `<` does)."""
+    bits = (values + 0.0).view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _key_chunks(
+    names: list[str], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None, chunk: int
+):
+    """`(name, start, keys)` over every tensor in order, `chunk` scores at a time; masked weights sort first."""
+    for n in names:
+        flat = scores[n].detach().reshape(-1)
+        live = None if mask is None else mask[n].reshape(-1)
+        for start in range(0, flat.numel(), chunk):
+            part = flat[start : start + chunk].to("cpu", torch.float32)
+            if live is not None:
+                part = part.masked_fill(~live[start : start + chunk].to("cpu", torch.bool), float("-inf"))
+            yield n, start, _order_keys(part)
+
+
+def _kth_key(
+    names: list[str], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None, k: int, chunk: int
+) -> tuple[int, int]:
+    """The order key of the `k`-th lowest score (1-based) and how many scores lie strictly below it.
+
+    Radix select in two 16-bit digits: a histogram of the high halves finds the bucket holding the k-th key, a
+    histogram of the low halves inside that bucket finds the key.
+    """
+    high = torch.zeros(1 << 16, dtype=torch.int64)
+    for _, _, keys in _key_chunks(names, scores, mask, chunk):
+        high += torch.bincount((keys >> 16) + (1 << 15), minlength=1 << 16)
+    cumulative = high.cumsum(0)
+    top = int(torch.searchsorted(cumulative, k))
+    below = int(cumulative[top - 1]) if top > 0 else 0
+    top -= 1 << 15  # the signed high half
+    low = torch.zeros(1 << 16, dtype=torch.int64)
+    for _, _, keys in _key_chunks(names, scores, mask, chunk):
+        low += torch.bincount(keys[(keys >> 16) == top] & 0xFFFF, minlength=1 << 16)
+    cumulative = low.cumsum(0)
+    bottom = int(torch.searchsorted(cumulative, k - below))
+    below += int(cumulative[bottom - 1]) if bottom > 0 else 0
+    return (top << 16) + bottom, below
+
+
 def _global_keep(
-    names: list[str], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None, k: int
+    names: list[str],
+    scores: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor] | None,
+    k: int,
+    chunk: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    flats = [_masked_flat_scores(scores[n], None if mask is None else mask[n]) for n in names]
-    keep = _prune_lowest(torch.cat(flats) if len(flats) > 1 else flats[0], k)
-    return dict(zip(names, keep.split([f.numel() for f in flats]), strict=True))
+    """Flat `keep` vectors pruning exactly the `k` lowest scores over all `names`; ties go by tensor, then index.
+
+    The same result as `_prune_lowest` on the concatenated scores, without concatenating them.
+    """
+    chunk = chunk or GLOBAL_SELECTION_CHUNK
+    numel = {n: scores[n].numel() for n in names}
+    total = sum(numel.values())
+    if k <= 0 or k >= total:
+        return {n: torch.full((numel[n],), k <= 0, dtype=torch.bool) for n in names}
+    threshold, below = _kth_key(names, scores, mask, k, chunk)
+    remaining = k - below  # ties at the threshold still to prune, lowest index first
+    keep = {n: torch.empty(numel[n], dtype=torch.bool) for n in names}
+    for n, start, keys in _key_chunks(names, scores, mask, chunk):
+        pruned = keys < threshold
+        if remaining > 0:
+            ties = (keys == threshold).nonzero().flatten()[:remaining]
+            pruned[ties] = True
+            remaining -= ties.numel()
+        keep[n][start : start + keys.numel()] = ~pruned
+    return keep
+
+
+def _rows(t: torch.Tensor, output_dim: int) -> torch.Tensor:
+    """`t` as `[outputs, fan_in]`: row r holds the weights feeding output r, row-major (a 1-D tensor is one row)."""
+    if t.dim() < 2:
+        return t.reshape(1, -1)
+    return t.movedim(output_dim, 0).reshape(t.shape[output_dim], -1)
+
+
+def _from_rows(rows: torch.Tensor, shape: torch.Size, output_dim: int) -> torch.Tensor:
+    if len(shape) < 2:
+        return rows.reshape(shape)
+    moved = list(shape)
+    moved.insert(0, moved.pop(output_dim))
+    return rows.reshape(moved).movedim(0, output_dim).contiguous()
+
+
+def _ranks(rows: torch.Tensor) -> torch.Tensor:
+    """Rank of each score within its row, lowest first; equal scores ranked by index (stable sort)."""
+    order = rows.argsort(dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(rows.shape[1]).expand_as(order).contiguous())
+    return ranks
+
+
+def _row_targets(live_rows: torch.Tensor | None, shape: tuple[int, int], sparsity: float) -> torch.Tensor:
+    """Weights pruned per output row: `round(sparsity * fan_in)`, or more where the current mask pruned more."""
+    target = torch.full((shape[0],), round(sparsity * shape[1]), dtype=torch.int64)
+    if live_rows is not None:
+        target = torch.maximum(target, (~live_rows).sum(1))
+    return target
+
+
+def _n_m_candidates(name: str, rows: torch.Tensor, live_rows: torch.Tensor | None, n: int, m: int) -> torch.Tensor:
+    """The `m - n` lowest scores of every `m` consecutive weights of a row: the ones an exact N:M mask prunes."""
+    if rows.shape[1] % m:
+        raise ValueError(
+            f"scope='{n}:{m}' groups {m} consecutive weights along the input dimension, but {name!r} has "
+            f"{rows.shape[1]} inputs per output, not a multiple of {m}; exclude it (prune_modules) or use another M."
+        )
+    if live_rows is not None and int((~live_rows).reshape(-1, m).sum(1).max()) > m - n:
+        raise ValueError(
+            f"The current mask prunes more than {m - n} of some {m} consecutive weights of {name!r}, so no "
+            f"{n}:{m} mask can keep its pruned weights pruned; start the N:M ticket from a dense or N:M mask."
+        )
+    return (_ranks(rows.reshape(-1, m)) < m - n).reshape(rows.shape)
+
+
+def _per_tensor_keep(
+    name: str,
+    scores: torch.Tensor,
+    mask: torch.Tensor | None,
+    scope: str,
+    sparsity: float,
+    k: int,
+    output_dim: int,
+) -> torch.Tensor:
+    """The keep mask of one tensor under a per-tensor scope ("layer", "row", "N:M"), `k` pruned where it counts."""
+    flat = _masked_flat_scores(scores, mask)
+    if scope == "layer":
+        return _prune_lowest(flat, k).view(scores.shape)
+    rows = _rows(flat.view(scores.shape), output_dim)
+    live_rows = None if mask is None else _rows(mask.to("cpu", torch.bool), output_dim)
+    pattern = n_m_pattern(scope)
+    if pattern is None:  # "row"
+        keep = _ranks(rows) >= _row_targets(live_rows, rows.shape, sparsity).unsqueeze(1)
+    else:
+        candidates = _n_m_candidates(name, rows, live_rows, *pattern)
+        # Below 1 - N/M (IMP's early rounds) only the lowest candidates go, so every later round nests.
+        keep = ~candidates
+        keep[candidates] = _prune_lowest(rows[candidates], k)
+    return _from_rows(keep, scores.shape, output_dim)
+
+
+def _per_tensor_targets(
+    names: list[str],
+    scores: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor] | None,
+    scope: str,
+    sparsity: float,
+    already: Mapping[str, int],
+    output_dims: Mapping[str, int],
+) -> dict[str, int]:
+    """Weights pruned per tensor under a per-tensor scope (row scope: the sum over its rows)."""
+    if scope != "row":
+        return {n: max(round(sparsity * scores[n].numel()), already[n]) for n in names}
+    targets = {}
+    for n in names:
+        live = None if mask is None else _rows(mask[n].to("cpu", torch.bool), output_dims.get(n, 0))
+        shape = _rows(scores[n], output_dims.get(n, 0)).shape
+        targets[n] = int(_row_targets(live, shape, sparsity).sum())
+    return targets
 
 
 def select_mask(
@@ -109,6 +277,7 @@ def select_mask(
     mask: Mapping[str, torch.Tensor] | None = None,
     max_tensor_sparsity: float | str | None = None,
     on_tensor_collapse: str = "redistribute",
+    output_dims: Mapping[str, int] | None = None,
 ) -> TicketMask:
     """Keep the highest-scoring weights so that `sparsity` of all scored weights is pruned.
 
@@ -117,7 +286,11 @@ def select_mask(
         sparsity (`float`): fraction in [0, 1) of all scored weights pruned in the result (previously pruned
             ones included). Global scope prunes exactly `round(sparsity * total)` weights; layer scope prunes
             `round(sparsity * numel)` in each tensor.
-        scope (`str`): `"global"` (one threshold across tensors) or `"layer"` (the same sparsity per tensor).
+        scope (`str`): `"global"` (one threshold across tensors), `"layer"` (the same sparsity per tensor), `"row"`
+            (the same sparsity among the weights feeding each output: `round(sparsity * fan_in)` per output, Wanda's
+            comparison groups) or `"N:M"` such as `"2:4"` (exactly N kept of every M consecutive weights along the
+            input dimension at `sparsity = 1 - N/M`; below that, each tensor prunes `round(sparsity * numel)` of
+            the weights that N:M would prune, lowest first, so IMP rounds nest and end on an exact N:M mask).
         mask (`Mapping`, *optional*): the current mask; its pruned weights stay pruned.
         max_tensor_sparsity (`float` or `"auto"`, *optional*): the most any single tensor may be pruned. Global
             pruning can empty a tensor whose weights are small (layer collapse); `None` disables the guard, `"auto"`
@@ -125,6 +298,9 @@ def select_mask(
         on_tensor_collapse (`str`): what to do when a tensor would pass `max_tensor_sparsity`: `"redistribute"`
             caps it and prunes the difference elsewhere (global scope), `"warn"` logs a warning and allows it,
             `"error"` raises [`LayerCollapseError`].
+        output_dims (`Mapping[str, int]`, *optional*): for `"row"` and `"N:M"`, the dimension of each tensor that
+            indexes the layer's outputs (default 0, as `nn.Linear`; 1 for transformers' `Conv1D`, GPT-2). The
+            other dimensions, flattened row-major, are the input dimension.
 
     Ties are broken deterministically: among equal scores, the weight that comes first (tensor order, then
     row-major index) is pruned first.
@@ -133,8 +309,14 @@ def select_mask(
         raise TypeError(f"sparsity must be a float in [0, 1) (e.g. 0.5 prunes half), got {type(sparsity).__name__}.")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be a fraction in [0, 1) (e.g. 0.5 prunes half), got {sparsity}.")
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
+    if not is_weight_scope(scope):
+        raise ValueError(f"scope must be one of {WEIGHT_SCOPES} or 'N:M' with 1 <= N < M (e.g. '2:4'), got {scope!r}.")
+    pattern = n_m_pattern(scope)
+    if pattern is not None and sparsity > 1 - pattern[0] / pattern[1] + 1e-12:
+        raise ValueError(
+            f"scope={scope!r} keeps {pattern[0]} of every {pattern[1]} weights: sparsity can be at most "
+            f"{1 - pattern[0] / pattern[1]}, got {sparsity}."
+        )
     if on_tensor_collapse not in COLLAPSE_POLICIES:
         raise ValueError(f"on_tensor_collapse must be one of {COLLAPSE_POLICIES}, got {on_tensor_collapse!r}.")
     guard = max_tensor_sparsity
@@ -163,15 +345,18 @@ def select_mask(
         for n in names
     }
 
-    if scope == "layer":
-        target = {n: max(round(sparsity * numel[n]), already[n]) for n in names}
+    if scope != "global":
+        output_dims = output_dims or {}
+        target = _per_tensor_targets(names, scores, mask, scope, sparsity, already, output_dims)
         over = [n for n in names if target[n] > cap[n]]
         if over:
             _collapse(
                 over, target, numel, _guard_name(guard, max_tensor_sparsity), on_tensor_collapse, sparsity, False
             )
         keep = {
-            n: _prune_lowest(_masked_flat_scores(scores[n], None if mask is None else mask[n]), target[n])
+            n: _per_tensor_keep(
+                n, scores[n], None if mask is None else mask[n], scope, sparsity, target[n], output_dims.get(n, 0)
+            )
             for n in names
         }
     else:

@@ -5,18 +5,30 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     BertConfig,
+    GPT2Config,
+    LlamaConfig,
     MobileNetV2Config,
     MobileNetV2ForImageClassification,
     PreTrainedConfig,
     PreTrainedModel,
+    Qwen2Config,
     ResNetConfig,
     ResNetForImageClassification,
     RobertaConfig,
 )
 
-__all__ = ["tiny_config", "tiny_conv_model", "tiny_model", "toy_dataset", "toy_image_dataset"]
+__all__ = [
+    "tiny_causal_lm",
+    "tiny_config",
+    "tiny_conv_model",
+    "tiny_model",
+    "toy_dataset",
+    "toy_image_dataset",
+    "toy_text_dataset",
+]
 
 
 def tiny_config(family: str = "bert", **overrides) -> PreTrainedConfig:
@@ -86,3 +98,39 @@ def toy_image_dataset(n: int = 48, size: int = 12, seed: int = 0, num_labels: in
     for i, label in enumerate(labels.tolist()):
         pixels[i, 0, label * band : (label + 1) * band, :] += 1.0
     return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()}).with_format("torch")
+
+
+def tiny_causal_lm(family: str = "llama", seed: int = 0, **overrides) -> PreTrainedModel:
+    """A randomly initialised 2-layer causal LM (`"llama"`, `"qwen2"` with grouped-query attention, or `"gpt2"`,
+    whose `lm_head` is tied to the token embeddings) over the 64-token vocabulary of [`toy_text_dataset`]."""
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        values = dict(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+        values.update(overrides)
+        config: PreTrainedConfig = GPT2Config(**values)
+    else:
+        values = dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+        values.update(overrides)
+        config = Qwen2Config(**values) if family == "qwen2" else LlamaConfig(**values)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def toy_text_dataset(n: int = 32, seq_len: int = 16, seed: int = 0, vocab: int = 64) -> Dataset:
+    """Learnable token blocks for causal LMs: each block counts up from a random start (mod `vocab`, above 2)."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(3, vocab, (n, 1), generator=g)
+    ids = (start + torch.arange(seq_len)) % (vocab - 3) + 3
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": [[1] * seq_len] * n, "labels": ids.tolist()}
+    )

@@ -28,3 +28,26 @@ DEFAULT_STRIPE_PENALTY = 5e-5
 DEFAULT_SYNFLOW_ITERATIONS = 100
 HYDRA_OPTIMIZERS = ("adam", "sgd")
 DEFAULT_HYDRA_LEARNING_RATE = 0.01
+DEFAULT_CALIBRATION_BATCHES = 32  # Wanda / SparseGPT inside a run: enough tokens, not the whole training set
+DEFAULT_SPARSEGPT_DAMPING = 0.01
+
+
+# Weight-level scopes beyond SCOPES (selector, prune(), LotteryArguments.pruning_scope): "row" compares the weights
+# feeding each output (Wanda's groups); "N:M" (e.g. "2:4") keeps N of every M consecutive weights along the input.
+ROW_SCOPE = "row"
+WEIGHT_SCOPES = (*SCOPES, ROW_SCOPE)
+
+
+def n_m_pattern(scope: str) -> tuple[int, int] | None:
+    """`(N, M)` for an N:M scope such as `"2:4"` (1 <= N < M), `None` for any other string."""
+    if not isinstance(scope, str):
+        return None
+    n, sep, m = scope.partition(":")
+    if not sep or not n.isdigit() or not m.isdigit() or not 1 <= int(n) < int(m):
+        return None
+    return int(n), int(m)
+
+
+def is_weight_scope(scope: str) -> bool:
+    """True for a scope of unstructured pruning: one of `WEIGHT_SCOPES` or an N:M pattern."""
+    return scope in WEIGHT_SCOPES or n_m_pattern(scope) is not None

@@ -43,6 +43,8 @@ SCORING_CASES = [
     ScoringCase("random", stochastic=True),
     ScoringCase("synflow", lambda: {"iterations": 5}),
     ScoringCase("hydra", lambda: {"dataloader": _toy_loader(), "epochs": 1}),
+    ScoringCase("wanda", lambda: {"dataloader": _toy_loader()}),
+    ScoringCase("sparsegpt", lambda: {"dataloader": _toy_loader()}),
 ]
 CASE_IDS = [case.method for case in SCORING_CASES]
 FAMILIES = ["bert", "roberta"]
@@ -164,6 +166,9 @@ def test_a_run_refuses_an_unknown_method(tmp_path):
         {"hydra_optimizer": "lion"},
         {"hydra_adversarial_epsilon": -1.0},
         {"hydra_adversarial_steps": 0},
+        {"wanda_calibration_batches": 0},
+        {"sparsegpt_calibration_batches": 0},
+        {"sparsegpt_damping": 0.0},
     ],
 )
 def test_method_settings_are_validated(bad, tmp_path):
@@ -175,3 +180,5 @@ def test_method_specs():
     assert scoring_spec("hydra").needs_data and not scoring_spec("hydra").at_init
     assert scoring_spec("synflow").at_init and not scoring_spec("synflow").needs_data
     assert not scoring_spec("magnitude").at_init and not scoring_spec("random").needs_data
+    for name in ("wanda", "sparsegpt"):
+        assert scoring_spec(name).needs_data and not scoring_spec(name).at_init

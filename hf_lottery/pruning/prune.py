@@ -13,7 +13,7 @@ from ..scoring import get_scoring, scoring_kwargs_from_args, scoring_spec
 from ..selector import LayerCollapseError, select_mask
 from ..ticket.mask import TicketMask
 from ..types import DEFAULT_MAX_TENSOR_SPARSITY
-from ..utils.parameters import named_parameters, prunable_parameters
+from ..utils.parameters import named_parameters, output_dims, prunable_parameters
 
 
 def prune(
@@ -37,8 +37,10 @@ def prune(
             already pruned in `mask` included.
         method (`str`): a registered scoring method (`hf_lottery.scoring.registered_methods()`), e.g.
             `"magnitude"`, `"random"`, `"synflow"` or `"hydra"`.
-        scope (`str`): `"global"` (one threshold over all prunable weights) or `"layer"` (each tensor pruned
-            to `sparsity`).
+        scope (`str`): `"global"` (one threshold over all prunable weights), `"layer"` (each tensor pruned to
+            `sparsity`), `"row"` (the weights feeding each output pruned to `sparsity`, Wanda's groups) or `"N:M"`
+            such as `"2:4"` (N kept of every M consecutive weights along the input dimension; `sparsity` at most
+            `1 - N/M`, reached exactly there). See [`select_mask`].
         mask (`Mapping[str, torch.Tensor]`, *optional*): the current mask; its pruned weights stay pruned and
             its keys define the prunable set.
         prune_modules (`str` or `list[str]`, *optional*): regexes over parameter names when `mask` is not
@@ -70,7 +72,11 @@ def prune(
     else:
         parameters = prunable_parameters(model, prune_modules)
     select = partial(
-        select_mask, scope=scope, max_tensor_sparsity=max_tensor_sparsity, on_tensor_collapse=on_tensor_collapse
+        select_mask,
+        scope=scope,
+        max_tensor_sparsity=max_tensor_sparsity,
+        on_tensor_collapse=on_tensor_collapse,
+        output_dims=output_dims(model, list(parameters)),
     )
     scoring = get_scoring(method)
     try:

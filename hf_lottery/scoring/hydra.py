@@ -269,7 +269,13 @@ def hydra_scores(
                     losses.append(float(loss.detach()))
                 opt.step()
                 schedule.step()
-                keep = _top_k(scores, prior_dev, sparsity, scope)
+                if scope in ("global", "layer"):
+                    keep = _top_k(scores, prior_dev, sparsity, scope)
+                else:  # per-row and N:M groups: the shared selector, on the CPU
+                    chosen = select(
+                        {n: s.detach().abs().float().cpu() for n, s in scores.items()}, sparsity, mask=mask
+                    )
+                    keep = {n: chosen[n].to(device) for n in scores}
                 for name, popup in popups.items():
                     popup.keep = keep[name]
             if losses:

@@ -36,6 +36,7 @@ def encoder_matmul_flops(model: PreTrainedModel, seq_len: int, batch_size: int =
             layout.value,
             layout.attention_output,
             layout.intermediate,
+            *layout.intermediate_extra,
             layout.output,
         ):
             linear = block.get_submodule(path)

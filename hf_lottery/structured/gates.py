@@ -24,11 +24,12 @@ GroupScores = dict[int, torch.Tensor]
 """Scores of one kind of group: `{layer: tensor}`, one value per ORIGINAL index; `nan` marks a removed group."""
 
 
-def _scale_heads(gate: nn.Parameter, head_size: int):
+def _scale_heads(gate: nn.Parameter):
     def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         context = args[0]
         shape = context.shape
-        scaled = context.view(*shape[:-1], gate.numel(), head_size) * gate.to(context.dtype).unsqueeze(-1)
+        # -1, not head_size: under grouped-query attention a gated unit spans its KV group's query heads.
+        scaled = context.view(*shape[:-1], gate.numel(), -1) * gate.to(context.dtype).unsqueeze(-1)
         return (scaled.view(shape), *args[1:])
 
     return hook
@@ -83,11 +84,10 @@ class StructureGates(nn.Module):
                 ids = kept_indices(num_heads, getattr(block, PRUNED_HEADS_ATTR, ()))
                 if ids:
                     target = block.get_submodule(layout.attention_output)
-                    head_size = int(getattr(block.get_submodule(layout.attention), layout.head_size_attr))
                     gate = self._new_gate(len(ids), init, target.weight.device)
                     self.head_gates[str(layer)] = gate
                     self.ids["heads"][layer] = ids
-                    self._handles.append(target.register_forward_pre_hook(_scale_heads(gate, head_size)))
+                    self._handles.append(target.register_forward_pre_hook(_scale_heads(gate)))
             if neurons:
                 ids = kept_indices(num_neurons, getattr(block, PRUNED_NEURONS_ATTR, ()))
                 if ids:

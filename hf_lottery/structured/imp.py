@@ -37,6 +37,8 @@ def _group_parameters(model: PreTrainedModel) -> list[dict[str, str]]:
                 role: f"{root}{getattr(layout, role)}.weight"
                 for role in ("query", "key", "value", "attention_output", "intermediate", "output")
             }
+            # a gated MLP's up projection: its rows are the neurons too
+            | {f"intermediate_extra_{j}": f"{root}{path}.weight" for j, path in enumerate(layout.intermediate_extra)}
         )
     return names
 
@@ -47,17 +49,25 @@ def structured_parameters(model: PreTrainedModel) -> dict[str, torch.nn.Paramete
     return {name: params[name] for layer in _group_parameters(model) for name in layer.values()}
 
 
-def _head_size(model: PreTrainedModel) -> int:
-    layout = get_layout(model.config)
-    num_heads = getattr(model.config, layout.config_num_heads)
-    return model.config.hidden_size // num_heads
+def _head_widths(model: PreTrainedModel, names: dict[str, str]) -> dict[str, int]:
+    """Rows (columns for the attention output) one structural head spans in each role's full-shape weight.
+
+    All equal the head size for multi-head attention; under grouped-query attention a head is a KV group, so Q
+    and the attention output span `query heads per group × head size` and K, V one head size.
+    """
+    num_heads = int(getattr(model.config, get_layout(model.config).config_num_heads))
+    params = dict(model.named_parameters())
+    return {
+        role: params[names[role]].shape[1 if role == "attention_output" else 0] // num_heads
+        for role in ("query", "key", "value", "attention_output")
+    }
 
 
 def removed_groups(model: PreTrainedModel, mask: TicketMask) -> dict[str, dict[int, list[int]]]:
     """Heads and neurons whose output columns are fully pruned in `mask`, `{kind: {layer: [ids]}}`."""
-    size = _head_size(model)
     removed: dict[str, dict[int, list[int]]] = {"heads": {}, "neurons": {}}
     for i, names in enumerate(_group_parameters(model)):
+        size = _head_widths(model, names)["attention_output"]
         heads_alive = mask[names["attention_output"]].view(-1, mask[names["attention_output"]].shape[1] // size, size)
         dead_heads = (~heads_alive.any(dim=(0, 2))).nonzero().flatten().tolist()
         dead_neurons = (~mask[names["output"]].any(dim=0)).nonzero().flatten().tolist()
@@ -70,17 +80,20 @@ def removed_groups(model: PreTrainedModel, mask: TicketMask) -> dict[str, dict[i
 
 def structured_mask(model: PreTrainedModel, removed: dict[str, dict[int, list[int]]]) -> TicketMask:
     """The weight mask that removes `removed` heads and neurons (original indices)."""
-    size = _head_size(model)
     params = structured_parameters(model)
     masks = {name: torch.ones(p.shape, dtype=torch.bool) for name, p in params.items()}
     for i, names in enumerate(_group_parameters(model)):
+        widths = _head_widths(model, names)
         for h in removed.get("heads", {}).get(i, []):
-            cols = slice(h * size, (h + 1) * size)
             for role in ("query", "key", "value"):
-                masks[names[role]][cols, :] = False
-            masks[names["attention_output"]][:, cols] = False
+                masks[names[role]][h * widths[role] : (h + 1) * widths[role], :] = False
+            masks[names["attention_output"]][
+                :, h * widths["attention_output"] : (h + 1) * widths["attention_output"]
+            ] = False
         for n in removed.get("neurons", {}).get(i, []):
-            masks[names["intermediate"]][n, :] = False
+            for role in names:
+                if role == "intermediate" or role.startswith("intermediate_extra_"):
+                    masks[names[role]][n, :] = False
             masks[names["output"]][:, n] = False
     return TicketMask(masks)
 

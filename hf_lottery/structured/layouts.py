@@ -1,4 +1,4 @@
-"""Architecture tables: where the prunable Linear layers of each encoder family live.
+"""Architecture tables: where the prunable Linear layers of each encoder (and decoder) family live.
 
 A family is described as data (one [`BlockLayout`] per family), never as a per-model code path. Every path is a
 dotted attribute path as accepted by `torch.nn.Module.get_submodule`.
@@ -48,6 +48,13 @@ class BlockLayout:
             Config attribute: feed-forward neurons per layer in the unpruned model.
         config_num_layers (`str`):
             Config attribute: number of blocks.
+        intermediate_extra (`tuple[str, ...]`, *optional*):
+            Paths of further feed-forward `nn.Linear` layers whose output rows are the same neurons (the up
+            projection of a gated MLP: `down(act(gate(x)) * up(x))` loses neuron n with row n of gate and up).
+        query_group_attr (`str`, *optional*):
+            Grouped-query attention: the attention module's attribute holding query heads per key/value head. A
+            structural head is then one key/value head together with its query heads (whole KV groups are removed,
+            so every kept group keeps the same number of query heads), and `config_num_heads` names the KV count.
     """
 
     name: str
@@ -66,6 +73,8 @@ class BlockLayout:
     config_num_heads: str
     config_intermediate_size: str
     config_num_layers: str
+    intermediate_extra: tuple[str, ...] = ()
+    query_group_attr: str | None = None
 
 
 BERT_LAYOUT = BlockLayout(
@@ -110,6 +119,31 @@ DISTILBERT_LAYOUT = BlockLayout(
     config_num_layers="n_layers",
 )
 
+# Decoders with grouped-query attention and a gated MLP. Heads are KV groups: removing group g drops K and V head g,
+# query heads g*r .. g*r + r - 1 (r = num_attention_heads / num_key_value_heads) and their o_proj columns; the
+# attention module reshapes by head_dim and repeats KV r times, so no attribute changes.
+LLAMA_LAYOUT = BlockLayout(
+    name="llama",
+    model_types=("llama",),
+    layers="layers",
+    attention="self_attn",
+    query="self_attn.q_proj",
+    key="self_attn.k_proj",
+    value="self_attn.v_proj",
+    attention_output="self_attn.o_proj",
+    intermediate="mlp.gate_proj",
+    output="mlp.down_proj",
+    head_count_attrs=(),
+    head_width_attrs=(),
+    head_size_attr="head_dim",
+    config_num_heads="num_key_value_heads",
+    config_intermediate_size="intermediate_size",
+    config_num_layers="num_hidden_layers",
+    intermediate_extra=("mlp.up_proj",),
+    query_group_attr="num_key_value_groups",
+)
+QWEN2_LAYOUT = replace(LLAMA_LAYOUT, name="qwen2", model_types=("qwen2",))
+
 LAYOUTS: dict[str, BlockLayout] = {}
 
 
@@ -129,7 +163,7 @@ def register_layout(layout: BlockLayout, overwrite: bool = False) -> None:
         LAYOUTS[model_type] = layout
 
 
-for _layout in (BERT_LAYOUT, ROBERTA_LAYOUT, ELECTRA_LAYOUT, DISTILBERT_LAYOUT):
+for _layout in (BERT_LAYOUT, ROBERTA_LAYOUT, ELECTRA_LAYOUT, DISTILBERT_LAYOUT, LLAMA_LAYOUT, QWEN2_LAYOUT):
     register_layout(_layout)
 
 

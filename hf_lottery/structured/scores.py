@@ -77,15 +77,17 @@ def magnitude_scores(model: PreTrainedModel, p: float = 2.0) -> StructureScores:
                 block.get_submodule(path).weight.reshape(n, head_size, -1).flatten(1)
                 for path in (layout.query, layout.key, layout.value)
             ]
-            out = block.get_submodule(layout.attention_output).weight  # (hidden, n * head_size)
-            parts.append(out.reshape(out.shape[0], n, head_size).transpose(0, 1).flatten(1))
+            out = block.get_submodule(layout.attention_output).weight  # (hidden, n * query heads per unit * head_size)
+            parts.append(out.reshape(out.shape[0], n, -1).transpose(0, 1).flatten(1))
             norms = torch.cat([part.float() for part in parts], dim=1).norm(p=p, dim=1)
             result["heads"][layer] = _full(num_heads, head_ids, norms)
         neuron_ids = kept_indices(num_neurons, getattr(block, PRUNED_NEURONS_ATTR, ()))
         if neuron_ids:
-            inner = block.get_submodule(layout.intermediate).weight.float()  # (neurons, hidden)
+            inner = [
+                block.get_submodule(path).weight.float() for path in (layout.intermediate, *layout.intermediate_extra)
+            ]
             outer = block.get_submodule(layout.output).weight.float()  # (hidden, neurons)
-            norms = torch.cat([inner, outer.t()], dim=1).norm(p=p, dim=1)
+            norms = torch.cat([*inner, outer.t()], dim=1).norm(p=p, dim=1)
             result["neurons"][layer] = _full(num_neurons, neuron_ids, norms)
     return result
 

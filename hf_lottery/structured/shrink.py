@@ -101,12 +101,16 @@ def remove_heads_(block: nn.Module, layout: BlockLayout, num_heads: int, heads: 
     removed = set(getattr(block, PRUNED_HEADS_ATTR, ()))
     attention = block.get_submodule(layout.attention)
     head_size = int(getattr(attention, layout.head_size_attr))
+    # Grouped-query attention: a structural head is a KV head with its `group` query heads.
+    group = int(getattr(attention, layout.query_group_attr)) if layout.query_group_attr else 1
     current = kept_indices(num_heads, removed)
     positions = [p for p, h in enumerate(current) if h not in heads]
     rows = [p * head_size + j for p in positions for j in range(head_size)]
-    for path in (layout.query, layout.key, layout.value):
+    query_rows = [p * group * head_size + j for p in positions for j in range(group * head_size)]
+    slice_linear_(block.get_submodule(layout.query), query_rows, dim=0)
+    for path in (layout.key, layout.value):
         slice_linear_(block.get_submodule(path), rows, dim=0)
-    slice_linear_(block.get_submodule(layout.attention_output), rows, dim=1)
+    slice_linear_(block.get_submodule(layout.attention_output), query_rows, dim=1)
     for attr in layout.head_count_attrs:
         setattr(attention, attr, len(positions))
     for attr in layout.head_width_attrs:
@@ -128,7 +132,8 @@ def remove_neurons_(block: nn.Module, layout: BlockLayout, num_neurons: int, neu
     removed = set(getattr(block, PRUNED_NEURONS_ATTR, ()))
     current = kept_indices(num_neurons, removed)
     positions = [p for p, n in enumerate(current) if n not in neurons]
-    slice_linear_(block.get_submodule(layout.intermediate), positions, dim=0)
+    for path in (layout.intermediate, *layout.intermediate_extra):
+        slice_linear_(block.get_submodule(path), positions, dim=0)
     slice_linear_(block.get_submodule(layout.output), positions, dim=1)
     setattr(block, PRUNED_NEURONS_ATTR, removed | neurons)
 

@@ -10,10 +10,12 @@ from ..types import (
     AUTO_TENSOR_SPARSITY,
     CHANNEL_REGULARIZERS,
     COLLAPSE_POLICIES,
+    DEFAULT_CALIBRATION_BATCHES,
     DEFAULT_CHANNEL_PENALTY,
     DEFAULT_HYDRA_LEARNING_RATE,
     DEFAULT_MAX_TENSOR_SPARSITY,
     DEFAULT_POLARIZATION_T,
+    DEFAULT_SPARSEGPT_DAMPING,
     DEFAULT_STRIPE_PENALTY,
     DEFAULT_SYNFLOW_ITERATIONS,
     GRANULARITIES,
@@ -21,6 +23,8 @@ from ..types import (
     PRUNING_RATE_OF,
     REWIND_MODES,
     SCOPES,
+    WEIGHT_SCOPES,
+    n_m_pattern,
 )
 from .schedule import sparsity_schedule
 
@@ -42,6 +46,21 @@ def _tensor_sparsity_cap(value: float | str | None) -> float | str | None:
     if value is not None and value != AUTO_TENSOR_SPARSITY and not 0.0 < value <= 1.0:
         raise ValueError(f"max_tensor_sparsity must be in (0, 1] or {AUTO_TENSOR_SPARSITY!r}, got {value}.")
     return value
+
+
+def _check_pruning_scope(scope: str, target_sparsity: float, granularity: str) -> None:
+    pattern = n_m_pattern(scope)
+    if pattern is None:
+        _choices("pruning_scope", scope, WEIGHT_SCOPES if granularity == "weight" else SCOPES)
+        return
+    if granularity != "weight":
+        raise ValueError(f"pruning_scope={scope!r} (N:M) prunes single weights; it needs granularity='weight'.")
+    n, m = pattern
+    if target_sparsity > 1 - n / m:
+        raise ValueError(
+            f"pruning_scope={scope!r} keeps {n} of every {m} weights, so target_sparsity can be at most {1 - n / m}; "
+            f"got {target_sparsity}."
+        )
 
 
 @dataclass
@@ -93,8 +112,9 @@ class LotteryArguments(TrainingArguments):
     pruning_scope: str = field(
         default="global",
         metadata={
-            "help": "'global': one threshold over all prunable weights; 'layer': each tensor alike.",
-            "choices": list(SCOPES),
+            "help": "'global': one threshold over all prunable weights; 'layer': each tensor alike; 'row': the "
+            "weights feeding each output alike (Wanda); 'N:M' such as '2:4': N kept of every M consecutive weights "
+            "along the input dimension (target_sparsity at most 1 - N/M).",
         },
     )
     pruning_method: str = field(
@@ -271,6 +291,20 @@ class LotteryArguments(TrainingArguments):
             "learning rate."
         },
     )
+    wanda_calibration_batches: int | None = field(
+        default=DEFAULT_CALIBRATION_BATCHES,
+        metadata={"help": "pruning_method='wanda': training batches run to measure the layers' inputs (None: all)."},
+    )
+    sparsegpt_calibration_batches: int | None = field(
+        default=DEFAULT_CALIBRATION_BATCHES,
+        metadata={
+            "help": "pruning_method='sparsegpt': training batches run to build each layer's Hessian (None: all)."
+        },
+    )
+    sparsegpt_damping: float = field(
+        default=DEFAULT_SPARSEGPT_DAMPING,
+        metadata={"help": "pruning_method='sparsegpt': damping added to the Hessian diagonal, times its mean."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -282,7 +316,7 @@ class LotteryArguments(TrainingArguments):
             raise ValueError(f"pruning_rate must be in (0, 1), got {self.pruning_rate}.")
         _choices("pruning_rate_of", self.pruning_rate_of, PRUNING_RATE_OF)
         _choices("rewind", self.rewind, REWIND_MODES)
-        _choices("pruning_scope", self.pruning_scope, SCOPES)
+        _check_pruning_scope(self.pruning_scope, self.target_sparsity, self.granularity)
         _choices("on_tensor_collapse", self.on_tensor_collapse, COLLAPSE_POLICIES)
         _choices("granularity", self.granularity, GRANULARITIES)
         # pruning_method and structured_scoring are checked against their registries when a run is set up (the
@@ -322,6 +356,11 @@ class LotteryArguments(TrainingArguments):
                 "hydra_adversarial_epsilon must be > 0 and hydra_adversarial_steps >= 1, got "
                 f"{self.hydra_adversarial_epsilon} and {self.hydra_adversarial_steps}."
             )
+        for name in ("wanda_calibration_batches", "sparsegpt_calibration_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None (all batches), got {getattr(self, name)}.")
+        if not self.sparsegpt_damping > 0:
+            raise ValueError(f"sparsegpt_damping must be > 0, got {self.sparsegpt_damping}.")
 
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha must be in [0, 1] (0 disables distillation), got {self.distill_alpha}.")

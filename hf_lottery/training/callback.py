@@ -18,6 +18,7 @@ from ..constants import CALLBACK_MASK_NAME, EARLY_BIRD_STATE_NAME, LOTTERY_HISTO
 from ..ticket.mask import TicketMask
 from ..utils.io import load_tensors, save_tensors
 from .arguments import LotteryArguments
+from .causal_lm import is_causal_lm, with_perplexity
 from .distillation import Distiller, load_teacher
 from .distributed import check_distributed_setup
 from .enforcement import MaskEnforcerCallback
@@ -244,7 +245,12 @@ class LotteryCallback(TrainerCallback):
             penalty.on_optimizer_step(args, state, control, **kwargs)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self._last_eval = (state.global_step, {k: v for k, v in (metrics or {}).items() if k.startswith("eval_")})
+        metrics = {k: v for k, v in (metrics or {}).items() if k.startswith("eval_")}
+        model = kwargs.get("model")
+        self._last_eval = (
+            state.global_step,
+            with_perplexity(metrics) if model is not None and is_causal_lm(model) else metrics,
+        )
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save and self.ticket is not None:

@@ -18,6 +18,7 @@ from ..ticket.history import main_metric
 from ..ticket.mask import TicketMask
 from ..utils.parameters import is_peft_model, named_parameters
 from .arguments import LotteryArguments
+from .causal_lm import is_causal_lm, with_perplexity
 from .checks import as_initial_mask, check_datasets, check_resumed_schedule
 from .distillation import Distiller, frozen_copy, load_teacher, logits_of
 from .distributed import broadcast_weights_, check_distributed_setup
@@ -424,7 +425,8 @@ class LotteryTrainer(Trainer):
                 break
         if metrics is None:
             metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
-        return {k: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(_TIMING_SUFFIXES)}
+        metrics = {k: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(_TIMING_SUFFIXES)}
+        return with_perplexity(metrics) if is_causal_lm(self.accelerator.unwrap_model(self.model)) else metrics
 
     def _round_hyperparameters(self, round_index: int):
         """Fine-tuning baseline (rewind='none'): later rounds train at a constant, lower learning rate."""

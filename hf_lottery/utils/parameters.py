@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 # -- Names ---------------------------------------------------------------------------------------------------------
@@ -115,16 +116,17 @@ def _conv_weight_names(root: nn.Module, prefix: str | None) -> list[str]:
 def default_prunable_names(model: nn.Module) -> list[str]:
     """Names of the default prunable parameters (as BERT-Tickets).
 
-    The weight matrix of every `nn.Linear` inside the base model (the encoder's Q, K, V, attention output,
-    intermediate and output projections, and the pooler), and the kernel of every `nn.Conv2d` there (conv nets).
-    Never embeddings, LayerNorm, BatchNorm, biases or the task head: the head lives outside
+    The weight matrix of every `nn.Linear` (or transformers' `Conv1D`, GPT-2) inside the base model (the encoder's
+    Q, K, V, attention output, intermediate and output projections, and the pooler; a decoder's attention and MLP
+    projections), and the kernel of every `nn.Conv2d` there (conv nets). Never embeddings, LayerNorm, BatchNorm,
+    biases or the task head: the head (a classifier, a causal LM's `lm_head`, tied or not) lives outside
     `model.base_model_prefix`, and for a bare encoder every Linear counts.
     """
     prefix = _base_model_prefix(model)
     root = getattr(model, prefix) if prefix else model
     names = []
     for module_name, module in root.named_modules():
-        if isinstance(module, nn.Linear) and not _DEFAULT_EXCLUDED.search(module_name):
+        if isinstance(module, (nn.Linear, Conv1D)) and not _DEFAULT_EXCLUDED.search(module_name):
             full = f"{prefix}.{module_name}" if prefix else module_name
             names.append(f"{full}.weight")
     names += _conv_weight_names(root, prefix)
@@ -189,3 +191,14 @@ def check_mask_fits(masks: Mapping[str, torch.Tensor], model: nn.Module) -> None
                 f"Shape mismatch for {name!r}: the ticket has {tuple(mask.shape)}, the model "
                 f"{tuple(params[name].shape)}. The ticket was found on a model of another size."
             )
+
+
+def output_dims(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
+    """The dimension of each named weight that indexes its layer's outputs: 1 for transformers' `Conv1D`, else 0.
+
+    `Conv1D` (GPT-2) stores its weight as `[in_features, out_features]`, the transpose of `nn.Linear`; per-output
+    and N:M selection ([`select_mask`]'s `output_dims`) needs to know which way round a weight is.
+    """
+    transposed = {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
+    params = named_parameters(model)
+    return {name: 1 if id(params[name]) in transposed else 0 for name in names if name in params}

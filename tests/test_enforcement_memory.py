@@ -1,0 +1,48 @@
+"""The mask enforcer holds one bool per prunable weight and still keeps pruned weights, gradients and moments zero."""
+
+from __future__ import annotations
+
+import torch
+
+from hf_lottery import prune
+from hf_lottery.testing_utils import tiny_model
+from hf_lottery.training.enforcement import MaskEnforcer
+
+
+def _held_bytes(enforcer: MaskEnforcer) -> int:
+    held = [t for _, t in enforcer._keep]
+    assert all(t.dtype == torch.bool for t in held)
+    return sum(t.numel() * t.element_size() for t in held)
+
+
+def test_enforcer_holds_at_most_one_byte_per_prunable_weight():
+    model = tiny_model().to(torch.bfloat16)
+    mask = prune(model, 0.5)
+    enforcer = MaskEnforcer(model, mask)
+    assert 0 < _held_bytes(enforcer) <= mask.num_params
+
+
+def test_enforcer_zeros_weights_gradients_and_moments_in_low_precision():
+    model = tiny_model().to(torch.bfloat16)
+    mask = prune(model, 0.5)
+    enforcer = MaskEnforcer(model, mask)
+    enforcer.attach()
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = {"input_ids": torch.randint(6, 64, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        for name, keep in mask.items():
+            assert torch.all(params[name].grad[~keep] == 0), name
+        optimizer.step()
+        enforcer.zero_weights()
+    for name, keep in mask.items():
+        assert torch.all(params[name][~keep] == 0) and params[name][keep].ne(0).any(), name
+    with torch.no_grad():
+        for name in mask:
+            optimizer.state[params[name]]["exp_avg"].fill_(1.0)
+    enforcer.reset_optimizer_state(optimizer)
+    for name, keep in mask.items():
+        assert torch.all(optimizer.state[params[name]]["exp_avg"][~keep] == 0)
+    enforcer.detach()
