@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sample_dataset_dir
 
+from .constants import __version__
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .ticket.mask import TicketMask
 from .training.arguments import LotteryArguments
@@ -301,12 +302,15 @@ def _configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hf-lottery` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]) or argv[1:2] == ["--version"]:
+        print(f"hf-lottery {__version__}")
+        return 0
     commands = {"find-ticket": "Find a lottery ticket on a GLUE task (IMP with rewinding)."}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: hf-lottery <command> [options]\n\ncommands:")
         for name, help_text in commands.items():
             print(f"  {name:<12} {help_text}")
-        print("\nRun `hf-lottery find-ticket --help` for the options.")
+        print("\nRun `hf-lottery find-ticket --help` for the options, `hf-lottery --version` for the version.")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     _configure_logging()
     find_ticket(*parse_args(argv[1:]))

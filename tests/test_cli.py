@@ -240,3 +240,30 @@ def test_find_ticket_on_every_task_with_files(tmp_path, model_dir, task):
     metric = f"eval_{get_task(task).main_metric}"
     assert len(history) == 2 and all(metric in r["metrics"] for r in history)
     assert (out / "ticket" / "README.md").is_file() and (out / "model" / "config.json").is_file()
+
+
+def test_help_lists_every_option_and_version_is_printed(capsys):
+    # A bare percent sign in a help string makes argparse's formatter raise.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["find-ticket", "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--target_sparsity" in shown and "--pruning_rate_of" in shown and "--base_model_id" in shown
+    from hf_lottery import __version__
+
+    for argv in (["--version"], ["find-ticket", "--version"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.strip() == f"hf-lottery {__version__}"
+
+
+def test_no_help_string_holds_a_bare_percent_sign():
+    import dataclasses
+    import re
+
+    from hf_lottery import LotteryArguments
+    from hf_lottery.cli import BranchArguments, DataArguments, ModelArguments
+
+    for cls in (LotteryArguments, ModelArguments, DataArguments, BranchArguments):
+        for f in dataclasses.fields(cls):
+            help_text = f.metadata.get("help", "")
+            assert not re.search(r"%(?!%)", help_text.replace("%%", "")), (cls.__name__, f.name, help_text)
