@@ -169,3 +169,30 @@ def test_prune_modules_regexes_select_parameters():
 def test_unknown_method_lists_registered_ones():
     with pytest.raises(ValueError, match="magnitude.*random|Registered methods"):
         prune(tiny_model(), 0.5, method="nope")
+
+
+def test_a_mask_from_prune_records_its_base_and_loads_the_model(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_lottery import save_sparse_model
+
+    base = tmp_path / "base"
+    tiny_model(seed=3).save_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    mask = prune(model, 0.5)
+    config = mask.config
+    assert config.base_model_name_or_path == str(base)
+    assert config.architecture == "BertForSequenceClassification" and config.model_kwargs == {"num_labels": 2}
+    assert config.base_fingerprint and config.pruning_method == "magnitude"
+    for folder, save in (
+        (tmp_path / "ticket", lambda d: mask.save_pretrained(d)),
+        (tmp_path / "sparse", lambda d: save_sparse_model(model, mask, d)),
+    ):
+        save(folder)
+        loaded = TicketMask.from_pretrained(folder).load_model(AutoModelForSequenceClassification)
+        params = dict(loaded.named_parameters())
+        for name, weight in model.named_parameters():
+            expected = weight * mask[name] if name in mask else weight
+            assert torch.equal(params[name], expected), name
+    # pruning further keeps what the first mask was found on
+    assert prune(model, 0.7, mask=mask).config.base_fingerprint == config.base_fingerprint

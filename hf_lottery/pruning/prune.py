@@ -11,6 +11,7 @@ from torch import nn
 
 from ..scoring import get_scoring, scoring_kwargs_from_args, scoring_spec
 from ..selector import select_mask
+from ..ticket.config import TicketConfig
 from ..ticket.mask import TicketMask
 from ..types import DEFAULT_MAX_TENSOR_SPARSITY
 from ..utils.parameters import named_parameters, prunable_parameters
@@ -52,7 +53,9 @@ def prune(
             the guard), so iterative methods reach their intermediate masks the same way.
 
     Returns:
-        [`TicketMask`]: True = kept.
+        [`TicketMask`]: True = kept. Its metadata records the base model (`name_or_path`), the architecture and
+        the fingerprint of the weights scored (a given `mask` passes its own metadata on), so a saved mask
+        rebuilds θ0 ⊙ m with `TicketMask.from_pretrained(folder).load_model(AutoModel...)`.
 
     Example:
         ```python
@@ -74,7 +77,13 @@ def prune(
     scores = scoring(
         model, parameters, mask, seed=seed, sparsity=sparsity, scope=scope, select=select, **method_kwargs
     )
-    return select(scores, sparsity, mask=mask)
+    selected = select(scores, sparsity, mask=mask)
+    if mask is not None:  # pruning further: the given mask says what the ticket was found on
+        return selected.with_metadata(mask.metadata)
+    # What load_model needs to rebuild θ0 ⊙ m: the base model, its architecture and the fingerprint of the
+    # weights the mask was found on (the model's current ones).
+    described = TicketConfig.from_model(model, selected)
+    return selected.with_metadata(described.to_dict(), pruning_method=method)
 
 
 def pruning_seed(args: Any, index: int) -> int:
