@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 from transformers.utils import logging
 
@@ -123,33 +125,71 @@ def _given_flags(argv: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
 
 
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The arguments of a JSON or YAML config file, `{field name: value}` (YAML read with `safe_load`: no code runs).
+
+    Raises:
+        `SystemExit`: the file cannot be read, is not JSON/YAML, or does not hold a mapping; the message names it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise SystemExit(f"Cannot read the config file {path}: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise SystemExit(f"The config file {path} must hold a mapping of argument names to values.")
+    return data
+
+
+def _as_flags(key: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v) for v in values)]
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
+
+
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryArguments, BranchArguments]:
-    """Parse model, data, lottery and branch arguments (or one JSON file holding all of them), applying
-    recipe/demo."""
+    """Parse model, data, lottery and branch arguments.
+
+    The arguments come, the later winning, from: the demo's settings (`--demo`), the task's recipe (`--recipe`),
+    a JSON or YAML config file given as the first argument (`hf-lottery find-ticket run.yaml --seed 3`), and the
+    flags on the command line. A config file may set `recipe` and `demo` too.
+    """
     parser = HfArgumentParser((ModelArguments, DataArguments, LotteryArguments, BranchArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
+    config: dict[str, Any] = {}
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        config = read_config_file(argv[0])
+        argv = argv[1:]
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task_name")
-    pre.add_argument("--recipe", nargs="?", const="true", default="false")
-    pre.add_argument("--demo", nargs="?", const="true", default="false")
+    pre.add_argument("--task_name", default=config.get("task_name"))
+    pre.add_argument("--recipe", nargs="?", const="true", default=str(config.get("recipe", False)))
+    pre.add_argument("--demo", nargs="?", const="true", default=str(config.get("demo", False)))
     known, _ = pre.parse_known_args(argv)
     defaults: dict[str, Any] = {}
-    if known.demo.lower() in ("true", "1", "yes"):
+    if _is_true(known.demo):
         defaults.update(DEMO_DEFAULTS)
         defaults["model_name_or_path"] = _demo_model_path()
         defaults["data_dir"] = str(sample_dataset_dir())
-    if known.recipe.lower() in ("true", "1", "yes"):
+    if _is_true(known.recipe):
         task = known.task_name or defaults.get("task_name")
         if task is None:
             raise SystemExit("--recipe needs --task_name.")
         defaults.update(load_recipe(task))
+    defaults.update(config)
     given = _given_flags(argv)
     argv = list(argv)
     # Defaults that the user did not override become flags, so every field is validated by the dataclasses.
     for key, value in defaults.items():
         if key not in given:
-            argv += [f"--{key}", *([str(v) for v in value] if isinstance(value, list) else [str(value)])]
+            argv += _as_flags(key, value)
     model_args, data_args, lottery_args, branch_args = parser.parse_args_into_dataclasses(args=argv)
     if (branch_args.branch is None) != (branch_args.ticket is None):
         raise SystemExit("--branch and --ticket go together (e.g. --branch random_prune --ticket out/sst2/ticket).")

@@ -267,3 +267,41 @@ def test_no_help_string_holds_a_bare_percent_sign():
         for f in dataclasses.fields(cls):
             help_text = f.metadata.get("help", "")
             assert not re.search(r"%(?!%)", help_text.replace("%%", "")), (cls.__name__, f.name, help_text)
+
+
+def test_config_files_json_recipe_yaml_and_overriding_flags(tmp_path):
+    from glue_tasks import load_recipe
+
+    recipe = load_recipe("mrpc")
+    config = {"task_name": "mrpc", "model_name_or_path": "m", "output_dir": str(tmp_path), "recipe": True}
+    json_file = tmp_path / "run.json"
+    json_file.write_text(json.dumps({**config, "seed": 5}))
+    _, _, args, _ = parse_args([str(json_file)])
+    assert args.per_device_train_batch_size == recipe["per_device_train_batch_size"]  # the recipe is applied
+    assert args.seed == 5  # the file wins over the recipe
+    # flags win over the file
+    _, _, args, _ = parse_args([str(json_file), "--seed", "9", "--target_sparsity", "0.3"])
+    assert (args.seed, args.target_sparsity) == (9, 0.3)
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(
+        "task_name: rte\nmodel_name_or_path: m\n"
+        f"output_dir: {tmp_path}\ntarget_sparsity: 0.7\nrewind: lr\nprune_modules:\n  - '.*query.*'\n  - '.*key.*'\n"
+    )
+    model, data, args, _ = parse_args([str(yaml_file), "--rewind", "none"])
+    assert (model.model_name_or_path, data.task_name, args.target_sparsity) == ("m", "rte", 0.7)
+    assert args.rewind == "none" and args.prune_modules == [".*query.*", ".*key.*"]
+
+
+def test_bad_config_files_fail_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(SystemExit, match="bad.yaml must hold a mapping"):
+        parse_args([str(bad)])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SystemExit, match="Cannot read the config file .*broken.json"):
+        parse_args([str(broken)])
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"task_name": "rte", "model_name_or_path": "m", "no_such_option": 1}))
+    with pytest.raises((SystemExit, ValueError), match="no_such_option"):
+        parse_args([str(unknown)])
