@@ -369,3 +369,25 @@ def test_every_row_of_the_features_table_names_a_test_of_this_module():
     for row in rows:
         named = re.findall(r"`(test_\w+)`", row[3])
         assert named and set(named) <= tests, row
+
+
+def test_seeded_runs_are_reproducible_across_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = REPO_ROOT / "tests" / "scripts" / "seeded_lottery_run.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    results = []
+    for i in range(2):
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / f"run{i}")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert results[0] == results[1]  # history, ticket and final weights, bit for bit
+    assert [r["round"] for r in results[0]["history"]] == [0, 1, 2]

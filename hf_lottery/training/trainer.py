@@ -237,6 +237,14 @@ class LotteryTrainer(Trainer):
             model, mask, weights=theta0, lottery_args=self.args, metric=self.args.metric_for_best_model
         )
         self._ticket_metadata = {**mask.metadata, **config.to_dict(), **self._extra_ticket_metadata}
+        base = self._ticket_metadata.get("base_model_name_or_path")
+        if base and os.path.isdir(base) and "base_model_name_or_path" not in self._extra_ticket_metadata:
+            logger.warning(
+                "The ticket records its base model as the local folder %s; a ticket shared from here would point at "
+                "this disk. Pass LotteryTrainer(ticket_metadata={'base_model_name_or_path': '<hub id>'}) (CLI: "
+                "--base_model_id).",
+                base,
+            )
 
     def _set_mask(self, mask: TicketMask) -> None:
         self._enforcer.set_mask(self.model, mask)
