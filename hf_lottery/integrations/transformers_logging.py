@@ -18,5 +18,5 @@ LIBRARY_LOGGER_NAME = "hf_lottery"
 def follow_transformers_verbosity() -> None:
     """Attach the `hf_lottery` logger under the `transformers` library logger (level and handler inherited)."""
     library_logger = pylogging.getLogger(LIBRARY_LOGGER_NAME)
-    library_logger.parent = logging.get_logger("transformers")
+    library_logger.parent = pylogging.getLogger(logging.get_logger("transformers").name)
     library_logger.setLevel(pylogging.NOTSET)

@@ -77,7 +77,7 @@ def card_data(config: TicketConfig, model_name: str, has_weights: bool = False) 
             eval_results.append(
                 EvalResult(
                     task_type=pipeline_tag or "other",
-                    dataset_type=config.dataset or config.task,
+                    dataset_type=str(config.dataset or config.task),  # one is set (checked above)
                     dataset_name=" ".join(x for x in (config.dataset, config.task) if x),
                     dataset_config=config.task if config.dataset else None,
                     dataset_split="validation",

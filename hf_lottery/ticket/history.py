@@ -74,7 +74,7 @@ def plot_history(
     ax.plot([100 * x for x in xs], ys, marker="o", label="ticket")
     ax.axhline(ys[0], color="grey", linestyle="--", linewidth=1, label="dense (round 0)")
     ax.set_xlabel("sparsity of prunable weights (%)")
-    ax.set_ylabel(metric.removeprefix("eval_"))
+    ax.set_ylabel(str(metric).removeprefix("eval_"))
     ax.set_title(title or plot_title())
     ax.grid(alpha=0.3)
     ax.legend()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
+from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import hf_api, logging
@@ -98,6 +99,7 @@ class LotteryTrainer(Trainer):
             )
         super().__init__(*args, **kwargs)
         self.args: LotteryArguments
+        self.model: nn.Module  # built by now (`model=` or `model_init`)
         self._enforcer = MaskEnforcerCallback()
         self.add_callback(self._enforcer)
         self.add_callback(_RewindPointCallback(self))
@@ -130,6 +132,12 @@ class LotteryTrainer(Trainer):
     def current_mask(self) -> TicketMask | None:
         """The mask being enforced now."""
         return self._enforcer.mask
+
+    def _enforced_mask(self) -> TicketMask:
+        mask = self._enforcer.mask
+        if mask is None:
+            raise RuntimeError("No mask is enforced: train() sets one before the first round.")
+        return mask
 
     # -- The lottery loop -------------------------------------------------------------------------------------
     def train(
@@ -227,7 +235,7 @@ class LotteryTrainer(Trainer):
 
     def _describe_ticket(self, mask: TicketMask) -> None:
         """Ticket metadata (base model, θ0 fingerprint, arguments), computed once per run."""
-        model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        model = cast(Any, self.model).get_base_model() if is_peft_model(self.model) else self.model
         # θ0 by the names the mask uses (the model's own, also under peft)
         by_identity = {id(p): name for name, p in self.model.named_parameters()}
         saved = self._rounds.theta0
@@ -264,14 +272,14 @@ class LotteryTrainer(Trainer):
             # Structured tickets: the final model is the compacted one (checkpoints keep full shapes to resume).
             final = self._rounds.final_model(self.accelerator.unwrap_model(self.model), self.current_mask)
             if final is not None:
-                output_dir = output_dir or self.args.output_dir
-                final.save_pretrained(output_dir)
+                output_dir = str(output_dir or self.args.output_dir)
+                cast(Any, final).save_pretrained(output_dir)
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
                 return
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.current_mask is not None:
-            folder = output_dir or self.args.output_dir
+            folder = str(output_dir or self.args.output_dir)
             ticket = self._as_ticket(self.current_mask)
             ticket.save_pretrained(folder, is_main_process=self.args.should_save, create_card=False)
             if not _internal_call and self.args.should_save:
@@ -285,7 +293,7 @@ class LotteryTrainer(Trainer):
         if self.is_world_process_zero():
             ticket = self._as_ticket(self.current_mask)
             write_ticket_card(
-                self.args.output_dir, ticket, ticket.metadata, repo_id=self.hub_model_id, has_weights=True
+                str(self.args.output_dir), ticket, ticket.metadata, repo_id=self.hub_model_id, has_weights=True
             )
 
     def push_to_hub(
@@ -310,9 +318,10 @@ class LotteryTrainer(Trainer):
             return None
         self.create_model_card(**kwargs)
         self._finish_current_push()
-        return hf_api().upload_folder(
-            repo_id=self.hub_model_id,
-            folder_path=self.args.output_dir,
+        api: Any = hf_api()  # its overloads key on a literal run_as_future
+        return api.upload_folder(
+            repo_id=str(self.hub_model_id),
+            folder_path=str(self.args.output_dir),
             commit_message=commit_message,
             token=token,
             run_as_future=not blocking,
@@ -329,7 +338,7 @@ class LotteryTrainer(Trainer):
     def _prune_for_round(self, round_index: int) -> None:
         """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
         rounds = self._rounds
-        mask = rounds.next_mask(self.model, round_index, self.current_mask, self.get_train_dataloader)
+        mask = rounds.next_mask(self.model, round_index, self._enforced_mask(), self.get_train_dataloader)
         self._run_state.save_mask(round_index, mask)
         self._run_state.write(round_index, "prepared", rounds.schedule, rounds.history)
         self.accelerator.wait_for_everyone()
@@ -344,7 +353,9 @@ class LotteryTrainer(Trainer):
         )
         if weights is not None:
             load_weights_(self.model, weights)
-        self._enforcer.enforcer.zero_weights()
+        enforcer = self._enforcer.enforcer
+        assert enforcer is not None  # _set_mask ran before any round
+        enforcer.zero_weights()
 
     def _round0_steps(self) -> int | str:
         return self.lottery_history[0]["steps"] if self.lottery_history else "?"
@@ -365,7 +376,7 @@ class LotteryTrainer(Trainer):
             "Lottery round %d/%d: sparsity %.1f%% (%s)%s",
             round_index,
             len(self._rounds.schedule) - 1,
-            100 * self.current_mask.sparsity,
+            100 * self._enforced_mask().sparsity,
             "dense" if round_index == 0 else f"rewind={args.rewind}",
             f", resuming from {checkpoint}" if checkpoint else "",
         )
@@ -380,7 +391,7 @@ class LotteryTrainer(Trainer):
                 resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
             )
         metrics = self._round_metrics(ignore_keys_for_eval)
-        mask = self.current_mask
+        mask = self._enforced_mask()
         record = rounds.record(
             round_index,
             self.accelerator.unwrap_model(self.model),
@@ -469,7 +480,8 @@ class _temporarily:
     """Context manager setting attributes of an object and restoring them on exit."""
 
     def __init__(self, obj: Any, values: dict[str, Any]):
-        self.obj, self.values, self.saved = obj, values, {}
+        self.obj, self.values = obj, values
+        self.saved: dict[str, Any] = {}
 
     def __enter__(self):
         for key, value in self.values.items():
