@@ -163,7 +163,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryA
     a JSON or YAML config file given as the first argument (`hf-lottery find-ticket run.yaml --seed 3`), and the
     flags on the command line. A config file may set `recipe` and `demo` too.
     """
-    parser = HfArgumentParser((ModelArguments, DataArguments, LotteryArguments, BranchArguments))
+    dataclass_types: Any = (ModelArguments, DataArguments, LotteryArguments, BranchArguments)
+    parser = HfArgumentParser(dataclass_types)
     config: dict[str, Any] = {}
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         config = read_config_file(argv[0])
@@ -213,7 +214,7 @@ def _demo_model_path() -> str:
 
 def build_datasets(data_args: DataArguments, tokenizer, seed: int):
     """Load the task, tokenize (no padding: the collator pads each batch to its longest example)."""
-    task = get_task(data_args.task_name)
+    task = get_task(str(data_args.task_name))  # parse_args requires it
     splits = [task.train_split, task.validation_splits[0]]
     raw = load_glue(
         task,
@@ -238,7 +239,7 @@ def build_datasets(data_args: DataArguments, tokenizer, seed: int):
 
 def branch_mask(branch_args: BranchArguments, model) -> Any:
     """The mask (and, for random_reinit, the re-initialised model) of a lottery branch."""
-    ticket = TicketMask.from_pretrained(branch_args.ticket)
+    ticket = TicketMask.from_pretrained(str(branch_args.ticket))  # parse_args requires it with --branch
     if branch_args.branch == "random_prune":
         return random_pruning_like(ticket, model, seed=branch_args.branch_seed)
     if branch_args.branch == "random_reinit":
@@ -273,7 +274,7 @@ def find_ticket(
         }
     )
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path,
+        str(model_args.model_name_or_path),
         num_labels=task.num_labels,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         **labels,
@@ -302,7 +303,7 @@ def find_ticket(
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     save_outputs(trainer)
     print(format_history(trainer.lottery_history, trainer.lottery_metric()))
-    print(f"\nOutputs in {Path(args.output_dir).resolve()}")
+    print(f"\nOutputs in {Path(str(args.output_dir)).resolve()}")
     return trainer
 
 

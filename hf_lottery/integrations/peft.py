@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -95,12 +95,12 @@ def _variant_class():
     return _VARIANT_CLASS
 
 
-def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+def _lora_layers(model: nn.Module) -> dict[str, Any]:
     """`{original name of the base weight: LoRA layer}` for every LoRA layer of `model`."""
     from peft.tuners.lora import LoraLayer
 
     root, adapter_names = peft_root_and_adapter_names(model)
-    layers = {}
+    layers: dict[str, Any] = {}  # LoraLayer: a mixin over nn.Module
     for name, module in root.named_modules():
         if isinstance(module, LoraLayer):
             original = original_parameter_name(f"{name}.weight" if name else "weight", adapter_names)
@@ -141,7 +141,7 @@ def sync_lora_masks(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> int:
                 f"Adapter {others[0]!r} of {name!r} is a LoRA variant ({type(layer.lora_variant[others[0]]).__name__}"
                 ", e.g. DoRA); hf_lottery masks vanilla LoRA updates only. Use LoraConfig(use_dora=False)."
             )
-        weight = layer.get_base_layer().weight
+        weight = cast(torch.Tensor, layer.get_base_layer().weight)
         setattr(layer, _KEEP_ATTRIBUTE, keep.to(device=weight.device, dtype=torch.bool))
         for adapter in layer.lora_A:
             layer.lora_variant[adapter] = variant()
@@ -149,7 +149,7 @@ def sync_lora_masks(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> int:
     return masked
 
 
-def _unmask_layer(layer: nn.Module) -> None:
+def _unmask_layer(layer: Any) -> None:  # a peft LoraLayer
     variant = _variant_class()
     for adapter in [a for a, v in layer.lora_variant.items() if isinstance(v, variant)]:
         del layer.lora_variant[adapter]
@@ -219,7 +219,7 @@ def merge_and_unload_sparse(
     """
     ticket = ticket if isinstance(ticket, TicketMask) else TicketMask(ticket)
     ticket.validate(peft_model)
-    merged = peft_model.merge_and_unload(safe_merge=safe_merge)
+    merged = cast(Any, peft_model).merge_and_unload(safe_merge=safe_merge)
     ticket.apply_(merged)
     return merged
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from ..selector import select_mask
 from ..ticket.config import TicketConfig
 from ..ticket.mask import TicketMask
 from ..types import DEFAULT_MAX_TENSOR_SPARSITY
-from ..utils.parameters import named_parameters, prunable_parameters
+from ..utils.parameters import is_peft_model, named_parameters, prunable_parameters
 
 
 def prune(
@@ -82,7 +82,8 @@ def prune(
         return selected.with_metadata(mask.metadata)
     # What load_model needs to rebuild θ0 ⊙ m: the base model, its architecture and the fingerprint of the
     # weights the mask was found on (the model's current ones).
-    described = TicketConfig.from_model(model, selected)
+    base = cast(Any, model).get_base_model() if is_peft_model(model) else model
+    described = TicketConfig.from_model(base, selected, weights=named_parameters(model))  # original names
     return selected.with_metadata(described.to_dict(), pruning_method=method)
 
 
