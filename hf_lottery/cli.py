@@ -327,17 +327,9 @@ def format_history(records: list[dict[str, Any]], metric: str | None) -> str:
 
 
 def _configure_logging() -> None:
-    """Show the Trainer's and hf_lottery's progress (which round runs, the schedule) on the console."""
-    import logging as pylogging
-
+    """Show the Trainer's and hf_lottery's progress (which round runs, the schedule) on the console: hf_lottery's
+    loggers sit under transformers' (`follow_transformers_verbosity`), so one verbosity covers both."""
     logging.set_verbosity_info()
-    library_logger = pylogging.getLogger("hf_lottery")
-    if not library_logger.handlers:
-        handler = pylogging.StreamHandler()
-        handler.setFormatter(pylogging.Formatter("[hf_lottery] %(message)s"))
-        library_logger.addHandler(handler)
-    library_logger.setLevel(pylogging.INFO)
-    library_logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
