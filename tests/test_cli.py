@@ -240,3 +240,68 @@ def test_find_ticket_on_every_task_with_files(tmp_path, model_dir, task):
     metric = f"eval_{get_task(task).main_metric}"
     assert len(history) == 2 and all(metric in r["metrics"] for r in history)
     assert (out / "ticket" / "README.md").is_file() and (out / "model" / "config.json").is_file()
+
+
+def test_help_lists_every_option_and_version_is_printed(capsys):
+    # A bare percent sign in a help string makes argparse's formatter raise.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["find-ticket", "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--target_sparsity" in shown and "--pruning_rate_of" in shown and "--base_model_id" in shown
+    from hf_lottery import __version__
+
+    for argv in (["--version"], ["find-ticket", "--version"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.strip() == f"hf-lottery {__version__}"
+
+
+def test_no_help_string_holds_a_bare_percent_sign():
+    import dataclasses
+    import re
+
+    from hf_lottery import LotteryArguments
+    from hf_lottery.cli import BranchArguments, DataArguments, ModelArguments
+
+    for cls in (LotteryArguments, ModelArguments, DataArguments, BranchArguments):
+        for f in dataclasses.fields(cls):
+            help_text = f.metadata.get("help", "")
+            assert not re.search(r"%(?!%)", help_text.replace("%%", "")), (cls.__name__, f.name, help_text)
+
+
+def test_config_files_json_recipe_yaml_and_overriding_flags(tmp_path):
+    from glue_tasks import load_recipe
+
+    recipe = load_recipe("mrpc")
+    config = {"task_name": "mrpc", "model_name_or_path": "m", "output_dir": str(tmp_path), "recipe": True}
+    json_file = tmp_path / "run.json"
+    json_file.write_text(json.dumps({**config, "seed": 5}))
+    _, _, args, _ = parse_args([str(json_file)])
+    assert args.per_device_train_batch_size == recipe["per_device_train_batch_size"]  # the recipe is applied
+    assert args.seed == 5  # the file wins over the recipe
+    # flags win over the file
+    _, _, args, _ = parse_args([str(json_file), "--seed", "9", "--target_sparsity", "0.3"])
+    assert (args.seed, args.target_sparsity) == (9, 0.3)
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(
+        "task_name: rte\nmodel_name_or_path: m\n"
+        f"output_dir: {tmp_path}\ntarget_sparsity: 0.7\nrewind: lr\nprune_modules:\n  - '.*query.*'\n  - '.*key.*'\n"
+    )
+    model, data, args, _ = parse_args([str(yaml_file), "--rewind", "none"])
+    assert (model.model_name_or_path, data.task_name, args.target_sparsity) == ("m", "rte", 0.7)
+    assert args.rewind == "none" and args.prune_modules == [".*query.*", ".*key.*"]
+
+
+def test_bad_config_files_fail_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(SystemExit, match="bad.yaml must hold a mapping"):
+        parse_args([str(bad)])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SystemExit, match="Cannot read the config file .*broken.json"):
+        parse_args([str(broken)])
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"task_name": "rte", "model_name_or_path": "m", "no_such_option": 1}))
+    with pytest.raises((SystemExit, ValueError), match="no_such_option"):
+        parse_args([str(unknown)])

@@ -166,3 +166,30 @@ def test_lottery_trainer_accepts_a_peft_model_over_a_ticket(ticket, tmp_path):
     assert pruned_are_zero(named_parameters(model), trainer.ticket)
     merged = merge_and_unload_sparse(model, trainer.ticket)
     assert pruned_are_zero(dict(merged.named_parameters()), trainer.ticket)
+
+
+def test_an_adapter_saved_with_its_ticket_reloads_as_trained_and_merges_sparse(ticket, inputs, tmp_path):
+    from hf_lottery import load_peft_ticket
+
+    model = lora_model(nonzero_b=False)
+    callback = LotteryCallback(LotteryArguments(**_args(tmp_path)), mask=ticket)
+    trainer = Trainer(
+        model=model, args=TrainingArguments(**_args(tmp_path)), train_dataset=toy_dataset(32), callbacks=[callback]
+    )
+    trainer.train()
+    model.eval()
+    trained = model(**inputs).logits
+    folder = tmp_path / "adapter"
+    trainer.save_model(str(folder))
+    ticket.save_pretrained(folder)
+
+    def base():
+        return tiny_model(seed=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    plain = peft.PeftModel.from_pretrained(base(), folder).eval()
+    assert not torch.allclose(plain(**inputs).logits, trained, atol=1e-5)  # vanilla LoRA over the dense base
+    reloaded = load_peft_ticket(base(), folder).eval()
+    torch.testing.assert_close(reloaded(**inputs).logits, trained, rtol=0, atol=1e-6)
+    merged = reloaded.merge_and_unload()  # peft's own merge
+    assert pruned_are_zero(dict(merged.named_parameters()), ticket)
+    torch.testing.assert_close(merged(**inputs).logits, trained, rtol=0, atol=1e-5)

@@ -169,3 +169,67 @@ def test_prune_modules_regexes_select_parameters():
 def test_unknown_method_lists_registered_ones():
     with pytest.raises(ValueError, match="magnitude.*random|Registered methods"):
         prune(tiny_model(), 0.5, method="nope")
+
+
+def test_a_mask_from_prune_records_its_base_and_loads_the_model(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_lottery import save_sparse_model
+
+    base = tmp_path / "base"
+    tiny_model(seed=3).save_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    mask = prune(model, 0.5)
+    config = mask.config
+    assert config.base_model_name_or_path == str(base)
+    assert config.architecture == "BertForSequenceClassification" and config.model_kwargs == {"num_labels": 2}
+    assert config.base_fingerprint and config.pruning_method == "magnitude"
+    for folder, save in (
+        (tmp_path / "ticket", lambda d: mask.save_pretrained(d)),
+        (tmp_path / "sparse", lambda d: save_sparse_model(model, mask, d)),
+    ):
+        save(folder)
+        loaded = TicketMask.from_pretrained(folder).load_model(AutoModelForSequenceClassification)
+        params = dict(loaded.named_parameters())
+        for name, weight in model.named_parameters():
+            expected = weight * mask[name] if name in mask else weight
+            assert torch.equal(params[name], expected), name
+    # pruning further keeps what the first mask was found on
+    assert prune(model, 0.7, mask=mask).config.base_fingerprint == config.base_fingerprint
+
+
+def test_default_prunable_set_beyond_bert():
+    from transformers import (
+        AlbertConfig,
+        AlbertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+    names = default_prunable_names(gpt2)
+    assert names == [f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    mask = prune(gpt2, 0.5)  # GPT-2's projections are Conv1D
+    assert mask.sparsity == pytest.approx(0.5, abs=1e-3)
+    t5 = T5ForConditionalGeneration(
+        T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=50, tie_word_embeddings=False)
+    )
+    t5_names = default_prunable_names(t5)
+    assert "lm_head.weight" not in t5_names and "encoder.block.0.layer.0.SelfAttention.q.weight" in t5_names
+    albert = AlbertForSequenceClassification(
+        AlbertConfig(
+            embedding_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
+    albert_names = default_prunable_names(albert)
+    assert not [n for n in albert_names if "embedding" in n]
+    assert "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight" in albert_names
+
+
+def test_no_prunable_parameters_error_names_the_models_matrices():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4))
+    with pytest.raises(ValueError, match=r"No prunable parameters.*weight matrices include '0\.weight'"):
+        prune(model, 0.5)

@@ -12,11 +12,18 @@ exactly the merged sparse one, and [`merge_and_unload_sparse`] (or peft's own `m
 This forms ΔW (the size of W) in each forward pass of a masked layer, which LoRA's low-rank path avoids; the
 adapter's size and what is saved are unchanged. Supported: LoRA on `nn.Linear` (and GPT-2's `Conv1D`), no DoRA or
 other LoRA variant.
+
+Saved adapters: the adapter files hold vanilla LoRA weights (A, B), and a masked update ΔW ⊙ m is not a low-rank
+product, so a plain `PeftModel.from_pretrained` over the dense base computes another function. Save the ticket beside
+the adapter (`LotteryTrainer.save_model` does; or `ticket.save_pretrained(adapter_folder)`) and reload both with
+[`load_peft_ticket`]: the same logits as the trained model, and peft's `merge_and_unload` keeps the zeros.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +32,13 @@ from torch import nn
 from ..ticket.mask import TicketMask
 from ..utils.parameters import is_peft_model, original_parameter_name, peft_root_and_adapter_names
 
-__all__ = ["apply_ticket_to_peft", "merge_and_unload_sparse", "remove_ticket_from_peft", "sync_lora_masks"]
+__all__ = [
+    "apply_ticket_to_peft",
+    "load_peft_ticket",
+    "merge_and_unload_sparse",
+    "remove_ticket_from_peft",
+    "sync_lora_masks",
+]
 
 _KEEP_ATTRIBUTE = "_hf_lottery_keep"  # on a LoRA layer: the bool mask of its base weight, on the weight's device
 
@@ -82,12 +95,12 @@ def _variant_class():
     return _VARIANT_CLASS
 
 
-def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+def _lora_layers(model: nn.Module) -> dict[str, Any]:
     """`{original name of the base weight: LoRA layer}` for every LoRA layer of `model`."""
     from peft.tuners.lora import LoraLayer
 
     root, adapter_names = peft_root_and_adapter_names(model)
-    layers = {}
+    layers: dict[str, Any] = {}  # LoraLayer: a mixin over nn.Module
     for name, module in root.named_modules():
         if isinstance(module, LoraLayer):
             original = original_parameter_name(f"{name}.weight" if name else "weight", adapter_names)
@@ -128,7 +141,7 @@ def sync_lora_masks(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> int:
                 f"Adapter {others[0]!r} of {name!r} is a LoRA variant ({type(layer.lora_variant[others[0]]).__name__}"
                 ", e.g. DoRA); hf_lottery masks vanilla LoRA updates only. Use LoraConfig(use_dora=False)."
             )
-        weight = layer.get_base_layer().weight
+        weight = cast(torch.Tensor, layer.get_base_layer().weight)
         setattr(layer, _KEEP_ATTRIBUTE, keep.to(device=weight.device, dtype=torch.bool))
         for adapter in layer.lora_A:
             layer.lora_variant[adapter] = variant()
@@ -136,7 +149,7 @@ def sync_lora_masks(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> int:
     return masked
 
 
-def _unmask_layer(layer: nn.Module) -> None:
+def _unmask_layer(layer: Any) -> None:  # a peft LoraLayer
     variant = _variant_class()
     for adapter in [a for a, v in layer.lora_variant.items() if isinstance(v, variant)]:
         del layer.lora_variant[adapter]
@@ -206,6 +219,44 @@ def merge_and_unload_sparse(
     """
     ticket = ticket if isinstance(ticket, TicketMask) else TicketMask(ticket)
     ticket.validate(peft_model)
-    merged = peft_model.merge_and_unload(safe_merge=safe_merge)
+    merged = cast(Any, peft_model).merge_and_unload(safe_merge=safe_merge)
     ticket.apply_(merged)
     return merged
+
+
+def load_peft_ticket(
+    base_model: nn.Module,
+    adapter_name_or_path: str | os.PathLike,
+    ticket: Mapping[str, torch.Tensor] | None = None,
+    **peft_kwargs: Any,
+) -> nn.Module:
+    """Load a LoRA adapter trained over a ticket, with the ticket applied: the function it was trained as.
+
+    Args:
+        base_model (`nn.Module`): the dense base model (θ0); its pruned weights are zeroed here.
+        adapter_name_or_path (`str` or `os.PathLike`): the adapter folder (or Hub id), as for
+            `PeftModel.from_pretrained`.
+        ticket (`TicketMask` or `Mapping[str, torch.Tensor]`, *optional*): the mask; default: the ticket saved in
+            the same folder (`ticket_config.json` and `ticket_mask.safetensors`).
+        peft_kwargs: passed to `PeftModel.from_pretrained` (`adapter_name`, `is_trainable`, `revision`...).
+
+    Returns:
+        `peft.PeftModel`: with the pruned base weights zero and the LoRA updates masked, so its logits are those of
+        the trained model and `merge_and_unload()` gives an exactly sparse model.
+
+    Raises:
+        What [`TicketMask.from_pretrained`] raises when no ticket is given and none is saved with the adapter.
+
+    Example:
+        ```python
+        >>> peft_model = load_peft_ticket(AutoModelForSequenceClassification.from_pretrained(base_id), "out/lora")
+        >>> merged = peft_model.merge_and_unload()  # still sparse
+        ```
+    """
+    from peft import PeftModel
+
+    if ticket is None:
+        hub_kwargs = {k: peft_kwargs[k] for k in ("revision", "token", "subfolder") if k in peft_kwargs}
+        ticket = TicketMask.from_pretrained(adapter_name_or_path, **hub_kwargs)
+    peft_model = PeftModel.from_pretrained(base_model, adapter_name_or_path, **peft_kwargs)
+    return apply_ticket_to_peft(peft_model, ticket)

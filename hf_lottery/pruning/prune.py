@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..scoring import get_scoring, scoring_kwargs_from_args, scoring_spec
 from ..selector import LayerCollapseError, select_mask
+from ..ticket.config import TicketConfig
 from ..ticket.mask import TicketMask
 from ..types import DEFAULT_MAX_TENSOR_SPARSITY
-from ..utils.parameters import named_parameters, output_dims, prunable_parameters
+from ..utils.parameters import is_peft_model, named_parameters, output_dims, prunable_parameters
 
 
 def prune(
@@ -56,7 +57,9 @@ def prune(
             the guard), so iterative methods reach their intermediate masks the same way.
 
     Returns:
-        [`TicketMask`]: True = kept.
+        [`TicketMask`]: True = kept. Its metadata records the base model (`name_or_path`), the architecture and
+        the fingerprint of the weights scored (a given `mask` passes its own metadata on), so a saved mask
+        rebuilds θ0 ⊙ m with `TicketMask.from_pretrained(folder).load_model(AutoModel...)`.
 
     Example:
         ```python
@@ -88,7 +91,14 @@ def prune(
         raise LayerCollapseError(
             f"prune(sparsity={sparsity}, method={method!r}) stopped at an intermediate step: {err}"
         ) from err
-    return select(scores, sparsity, mask=mask)
+    selected = select(scores, sparsity, mask=mask)
+    if mask is not None:  # pruning further: the given mask says what the ticket was found on
+        return selected.with_metadata(mask.metadata)
+    # What load_model needs to rebuild θ0 ⊙ m: the base model, its architecture and the fingerprint of the
+    # weights the mask was found on (the model's current ones).
+    base = cast(Any, model).get_base_model() if is_peft_model(model) else model
+    described = TicketConfig.from_model(base, selected, weights=named_parameters(model))  # original names
+    return selected.with_metadata(described.to_dict(), pruning_method=method)
 
 
 def pruning_seed(args: Any, index: int) -> int:

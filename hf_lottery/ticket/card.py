@@ -6,6 +6,7 @@ canonical `model_cards/ticket_card.md` (a test keeps them equal), so it is found
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..constants import LIBRARY_NAME, TICKET_CARD_TAGS, TICKET_CARD_TEMPLATE
+from ..constants import LIBRARY_NAME, SPARSITY_PLOT_NAME, TICKET_CARD_NAME, TICKET_CARD_TAGS, TICKET_CARD_TEMPLATE
+from ..utils.io import atomic_path
 from .config import TicketConfig, split_model_kwargs
 from .figures import mask_figures
 from .history import main_metric
@@ -75,7 +77,7 @@ def card_data(config: TicketConfig, model_name: str, has_weights: bool = False) 
             eval_results.append(
                 EvalResult(
                     task_type=pipeline_tag or "other",
-                    dataset_type=config.dataset or config.task,
+                    dataset_type=str(config.dataset or config.task),  # one is set (checked above)
                     dataset_name=" ".join(x for x in (config.dataset, config.task) if x),
                     dataset_config=config.task if config.dataset else None,
                     dataset_split="validation",
@@ -257,3 +259,34 @@ def splice_speed_section(text: str, speed: Mapping[str, Any] | None) -> str:
     section = [SPEED_HEADING, "", speed_markdown(speed), ""] if speed else []
     joined = before + ([""] if before and section else []) + section + ([""] if after and not section else []) + after
     return "\n".join(joined).rstrip("\n") + "\n"
+
+
+def write_ticket_card(
+    folder: str | os.PathLike,
+    mask: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any],
+    *,
+    repo_id: str | None = None,
+    has_weights: bool = False,
+) -> Path:
+    """Write (atomically) the ticket's card `README.md` into `folder`, which holds the ticket files already.
+
+    Args:
+        folder (`str` or `os.PathLike`): the ticket folder; its plot is linked when present.
+        mask ([`TicketMask`] or `Mapping[str, torch.Tensor]`): the ticket's mask.
+        metadata (`Mapping`): the ticket's metadata (`TicketMask.metadata`).
+        repo_id (`str`, *optional*): the Hub repository, for the title and the usage snippet.
+        has_weights (`bool`, *optional*): the folder also holds the sparse weights: the card says so and carries
+            the `pipeline_tag` of the model's head.
+
+    Returns:
+        `Path`: the card file.
+    """
+    folder = Path(folder)
+    config = TicketConfig.from_metadata(metadata).for_mask(mask)
+    plot = SPARSITY_PLOT_NAME if (folder / SPARSITY_PLOT_NAME).is_file() else None
+    card = render_ticket_card(mask, config=config, repo_id=repo_id, plot=plot, has_weights=has_weights)
+    path = folder / TICKET_CARD_NAME
+    with atomic_path(path) as tmp:
+        tmp.write_text(str(card), encoding="utf-8")
+    return path

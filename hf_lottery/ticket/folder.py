@@ -38,7 +38,7 @@ from .codec import load_masks, save_masks
 from .config import TicketConfig
 from .figures import mask_figures
 from .fingerprint import file_sha256
-from .history import plot_history
+from .history import plot_history, plot_title
 from .hub import DOWNLOAD_ARGUMENTS, TicketUploadError, download_file, upload_files
 
 logger = logging.get_logger(__name__)
@@ -63,7 +63,8 @@ def write_ticket_files(
     config.format_version = TICKET_FORMAT_VERSION
     save_masks(folder / TICKET_MASK_NAME, mask)
     config.mask_sha256 = file_sha256(folder / TICKET_MASK_NAME)
-    plotted = bool(config.history) and plot_history(folder / SPARSITY_PLOT_NAME, config.history, config.metric)
+    title = plot_title(config.task, config.base_model_name_or_path)
+    plotted = bool(config.history) and plot_history(folder / SPARSITY_PLOT_NAME, config.history, config.metric, title)
     if create_card:
         card = render_ticket_card(
             mask, config=config, repo_id=repo_id, plot=SPARSITY_PLOT_NAME if plotted else None, has_weights=has_weights

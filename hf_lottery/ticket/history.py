@@ -6,7 +6,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from transformers.utils import logging
+
 from ..utils.io import atomic_path, write_json
+
+logger = logging.get_logger(__name__)
 
 # The record of one round, as both LotteryTrainer and LotteryCallback write it (`lottery_history.json`, the
 # ticket's `history`, the CLI table, the card):
@@ -56,22 +60,32 @@ def plot_history(
     points = [(r["sparsity"], r["metrics"][metric]) for r in records if metric in r.get("metrics", {})]
     if not points:
         return False
-    import matplotlib
+    try:  # the `plot` extra; without it the history is written, the plot skipped
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info('matplotlib is not installed (pip install "hf-lottery[plot]"): no plot written to %s.', path)
+        return False
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    # A Figure on its own Agg canvas: no pyplot, so the process's matplotlib backend is left as it is.
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     xs, ys = zip(*points, strict=True)
     ax.plot([100 * x for x in xs], ys, marker="o", label="ticket")
     ax.axhline(ys[0], color="grey", linestyle="--", linewidth=1, label="dense (round 0)")
     ax.set_xlabel("sparsity of prunable weights (%)")
-    ax.set_ylabel(metric.removeprefix("eval_"))
-    ax.set_title(title or "Lottery ticket: metric vs sparsity")
+    ax.set_ylabel(str(metric).removeprefix("eval_"))
+    ax.set_title(title or plot_title())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return True
+
+
+def plot_title(task: str | None = None, model: str | None = None) -> str:
+    """The plot's title, naming the task and the base model (its last path component) when known."""
+    named = " · ".join(x for x in (task, model.rstrip("/").split("/")[-1] if model else None) if x)
+    return f"Lottery ticket: {named}" if named else "Lottery ticket: metric vs sparsity"

@@ -84,8 +84,8 @@ class LotteryArguments(TrainingArguments):
     pruning_rate_of: str = field(
         default="original",
         metadata={
-            "help": "'original': each round removes pruning_rate of the original weights (BERT-Tickets: 10%, 20%, "
-            "...); 'remaining': of the weights still alive (open_lth: density (1-rate)^round).",
+            "help": "'original': each round removes pruning_rate of the original weights (BERT-Tickets: 0.1, 0.2, "
+            "... of the weights); 'remaining': of the weights still alive (open_lth: density (1-rate)^round).",
             "choices": list(PRUNING_RATE_OF),
         },
     )

@@ -49,7 +49,9 @@ class TrainLossCarry(TrainerCallback):
             return
         trainer = self.trainer
         state.stateful_callbacks[TRAIN_LOSS_STATE_KEY] = {
-            "step": state.global_step,
+            # LotteryTrainer logs on one step axis across rounds (its on_log callbacks see the earlier rounds'
+            # steps added); the checkpoint counts the round's own steps.
+            "step": state.global_step - getattr(trainer, "logging_step_shift", 0),
             "total": trainer._total_loss_scalar,
             "pending": float(trainer._tr_loss.item()),
             "last_logged": trainer._globalstep_last_logged,

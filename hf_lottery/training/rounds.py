@@ -230,13 +230,15 @@ class LotteryRounds:
         self.history = [r for r in self.history if r["round"] != index] + [record]
         return record
 
-    def write_history(self, output_dir: str | os.PathLike, should_save: bool, metric: str | None) -> None:
-        """Write `lottery_history.json` and the metric-vs-sparsity plot into `output_dir`."""
+    def write_history(
+        self, output_dir: str | os.PathLike, should_save: bool, metric: str | None, title: str | None = None
+    ) -> None:
+        """Write `lottery_history.json` and the metric-vs-sparsity plot (titled `title`) into `output_dir`."""
         if not should_save:
             return
         out = Path(output_dir)
         write_history(out / LOTTERY_HISTORY_NAME, self.history)
-        plot_history(out / SPARSITY_PLOT_NAME, self.history, metric)
+        plot_history(out / SPARSITY_PLOT_NAME, self.history, metric, title)
 
     def final_model(self, model: nn.Module, mask: TicketMask) -> nn.Module | None:
         """The model to save instead of the masked one (the compacted model of a structured run), or None."""

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
-from transformers.utils import logging
+from transformers.utils import hf_api, logging
 
-from ..constants import EARLY_BIRD_STATE_NAME, ROUND_DIR_TEMPLATE
+from ..constants import EARLY_BIRD_STATE_NAME, LOTTERY_STATE_DIR, ROUND_DIR_TEMPLATE
+from ..ticket.card import write_ticket_card
 from ..ticket.config import TicketConfig
-from ..ticket.history import main_metric
+from ..ticket.history import main_metric, plot_title
 from ..ticket.mask import TicketMask
 from ..utils.parameters import is_peft_model, named_parameters
 from .arguments import LotteryArguments
@@ -30,6 +31,14 @@ from .run_state import RunState, load_weights_, snapshot_weights
 logger = logging.get_logger(__name__)
 
 _TIMING_SUFFIXES = ("_runtime", "_per_second")
+# What push_to_hub leaves out of output_dir: the Trainer's own patterns, then the lottery run's files.
+RUN_ONLY_PATTERNS = (
+    "_*",
+    f"{PREFIX_CHECKPOINT_DIR}-*",
+    f"{LOTTERY_STATE_DIR}/*",
+    ROUND_DIR_TEMPLATE.format(round="*") + "/*",
+    "run-*/*",
+)
 
 
 class _RewindPointCallback(TrainerCallback):
@@ -99,10 +108,19 @@ class LotteryTrainer(Trainer):
             frozen and kept once in the run state (`lottery_state/teacher.safetensors`), used from round 1 on.
         All other arguments are those of [`~transformers.Trainer`]; `args` must be [`LotteryArguments`].
 
+    Trainer features: `model_init` builds the model once per run (not per round), so every rewinding mode
+    continues from the right weights; `hyperparameter_search` runs one lottery run per trial (each in its own
+    `run-{trial}/` folder) and optimises the last round's evaluation; with `load_best_model_at_end` each round keeps,
+    records and prunes its best checkpoint. Everything logged (losses, evaluations, and one `lottery/*` record per
+    round: round, sparsity, train loss, eval metrics) goes through `Trainer.log` on one step axis that keeps
+    increasing across rounds, so TensorBoard, W&B or trackio show the run as one.
+
     Attributes:
         ticket (`TicketMask`): the mask of the last finished round (the ticket once `train()` returns).
         lottery_history (`list[dict]`): one record per finished round (round, sparsity, metrics, steps, seconds,
             per-tensor sparsity).
+        logging_step_offset (`int`): optimizer steps of the rounds before the current one, added to the step of
+            everything logged.
     """
 
     def __init__(
@@ -128,6 +146,7 @@ class LotteryTrainer(Trainer):
             )
         super().__init__(*args, **kwargs)
         self.args: LotteryArguments
+        self.model: nn.Module  # built by now (`model=` or `model_init`)
         self._enforcer = MaskEnforcerCallback()
         self.add_callback(self._enforcer)
         self.add_callback(_RewindPointCallback(self))
@@ -148,6 +167,9 @@ class LotteryTrainer(Trainer):
         self._given_teacher: nn.Module | str | None = teacher if teacher is not None else self.args.distill_teacher
         self._distiller: Distiller | None = None
         self._teacher_weights: dict[str, Any] | None = None  # the round-0 teacher, until its Distiller is built
+        self._run_dir = self.args.output_dir
+        self.logging_step_offset = 0
+        self.logging_step_shift = 0
 
     # -- Trainer hooks ----------------------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
@@ -218,6 +240,12 @@ class LotteryTrainer(Trainer):
         self._distiller = Distiller.from_arguments(self.args, teacher, student)
         logger.info("Distilling from %s (distill_alpha=%s).", type(teacher).__name__, self.args.distill_alpha)
 
+    def _enforced_mask(self) -> TicketMask:
+        mask = self._enforcer.mask
+        if mask is None:
+            raise RuntimeError("No mask is enforced: train() sets one before the first round.")
+        return mask
+
     # -- The lottery loop -------------------------------------------------------------------------------------
     def train(
         self,
@@ -234,6 +262,7 @@ class LotteryTrainer(Trainer):
                 current round works as well.
         """
         check_datasets(self)
+        self._begin_run(trial)
         resume = resume_from_checkpoint not in (None, False)
         if resume and self._run_state.exists():
             round_index, phase = self._restore_run()
@@ -257,9 +286,27 @@ class LotteryTrainer(Trainer):
             output = self._run_round(round_index, resume, checkpoint, trial, ignore_keys_for_eval, **kwargs)
             phase = "trained"
         self.lottery_round = None
+        self.logging_step_offset = 0
         if output is None:  # resumed a run that had already finished
             output = TrainOutput(self.state.global_step, 0.0, {})
         return output
+
+    def _begin_run(self, trial) -> None:
+        """What the Trainer does once per `train()` call and this trainer once per run, not once per round: apply
+        a hyperparameter-search trial (before the schedule is computed from the arguments) and build the model with
+        `model_init`."""
+        if trial is not None and self.hp_search_backend is not None:
+            self._hp_search_setup(trial)
+            self._run_dir = Trainer._get_output_dir(self, trial)
+            self._run_state = RunState(self._run_dir, should_write=self.args.should_save)
+            self._rounds = LotteryRounds(self.args, self._run_state)
+        if self.model_init is not None:
+            args = self.args
+            enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+            self.model = self.call_model_init(trial)
+            if self.place_model_on_device:
+                self._move_model_to_device(self.model, args.device)
+            self.model_wrapped = self.model
 
     def _start_run(self) -> tuple[int, str]:
         model = self.model
@@ -295,7 +342,7 @@ class LotteryTrainer(Trainer):
 
     def _describe_ticket(self, mask: TicketMask) -> None:
         """Ticket metadata (base model, θ0 fingerprint, arguments), computed once per run."""
-        model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        model = cast(Any, self.model).get_base_model() if is_peft_model(self.model) else self.model
         # θ0 by the names the mask uses (the model's own, also under peft)
         by_identity = {id(p): name for name, p in self.model.named_parameters()}
         saved = self._rounds.theta0
@@ -305,6 +352,14 @@ class LotteryTrainer(Trainer):
             model, mask, weights=theta0, lottery_args=self.args, metric=self.args.metric_for_best_model
         )
         self._ticket_metadata = {**mask.metadata, **config.to_dict(), **self._extra_ticket_metadata}
+        base = self._ticket_metadata.get("base_model_name_or_path")
+        if base and os.path.isdir(base) and "base_model_name_or_path" not in self._extra_ticket_metadata:
+            logger.warning(
+                "The ticket records its base model as the local folder %s; a ticket shared from here would point at "
+                "this disk. Pass LotteryTrainer(ticket_metadata={'base_model_name_or_path': '<hub id>'}) (CLI: "
+                "--base_model_id).",
+                base,
+            )
 
     def _set_mask(self, mask: TicketMask) -> None:
         self._enforcer.set_mask(self.model, mask)
@@ -324,23 +379,73 @@ class LotteryTrainer(Trainer):
             # Structured tickets: the final model is the compacted one (checkpoints keep full shapes to resume).
             final = self._rounds.final_model(self.accelerator.unwrap_model(self.model), self.current_mask)
             if final is not None:
-                output_dir = output_dir or self.args.output_dir
-                final.save_pretrained(output_dir)
+                output_dir = str(output_dir or self.args.output_dir)
+                cast(Any, final).save_pretrained(output_dir)
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
                 return
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.current_mask is not None:
-            self._as_ticket(self.current_mask).save_pretrained(
-                output_dir or self.args.output_dir,
-                is_main_process=self.args.should_save,
-                create_card=not _internal_call,
+            folder = str(output_dir or self.args.output_dir)
+            ticket = self._as_ticket(self.current_mask)
+            ticket.save_pretrained(folder, is_main_process=self.args.should_save, create_card=False)
+            if not _internal_call and self.args.should_save:
+                write_ticket_card(folder, ticket, ticket.metadata, repo_id=self.hub_model_id, has_weights=True)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Write the ticket's card (the sparse weights, the rounds, the mask) rather than the Trainer's generic one;
+        `push_to_hub` calls it before uploading."""
+        if self.current_mask is None:
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            ticket = self._as_ticket(self.current_mask)
+            write_ticket_card(
+                str(self.args.output_dir), ticket, ticket.metadata, repo_id=self.hub_model_id, has_weights=True
             )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ):
+        """Upload the sparse model, its ticket files and card (what `save_model` writes in `output_dir`) to
+        `args.hub_model_id`; never the run's own files: `lottery_state/` (θ0 and the trained weights of every
+        round), the per-round checkpoints (`round_*/`, with optimizer and RNG states) or the trials of a
+        hyperparameter search (`run-*/`). Arguments as [`~transformers.Trainer.push_to_hub`]."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        self._finish_current_push()
+        api: Any = hf_api()  # its overloads key on a literal run_as_future
+        return api.upload_folder(
+            repo_id=str(self.hub_model_id),
+            folder_path=str(self.args.output_dir),
+            commit_message=commit_message,
+            token=token,
+            run_as_future=not blocking,
+            ignore_patterns=list(RUN_ONLY_PATTERNS),
+            revision=revision if revision is not None else self.args.hub_revision,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer would push every round's checkpoints (and the run state beside them) as they are saved;
+        # a lottery run pushes its ticket once, from save_model / push_to_hub.
+        if self.lottery_round is None:
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def _prune_for_round(self, round_index: int) -> None:
         """Prune the trained weights of the previous round to this round's sparsity and record the mask."""
         rounds = self._rounds
-        mask = rounds.next_mask(self.model, round_index, self.current_mask, self.get_train_dataloader)
+        mask = rounds.next_mask(self.model, round_index, self._enforced_mask(), self.get_train_dataloader)
         self._run_state.save_mask(round_index, mask)
         self._run_state.write(round_index, "prepared", rounds.schedule, rounds.history)
         self.accelerator.wait_for_everyone()
@@ -355,7 +460,9 @@ class LotteryTrainer(Trainer):
         )
         if weights is not None:
             load_weights_(self.model, weights)
-        self._enforcer.enforcer.zero_weights()
+        enforcer = self._enforcer.enforcer
+        assert enforcer is not None  # _set_mask ran before any round
+        enforcer.zero_weights()
 
     def _round0_steps(self) -> int | str:
         return self.lottery_history[0]["steps"] if self.lottery_history else "?"
@@ -376,22 +483,24 @@ class LotteryTrainer(Trainer):
             "Lottery round %d/%d: sparsity %.1f%% (%s)%s",
             round_index,
             len(self._rounds.schedule) - 1,
-            100 * self.current_mask.sparsity,
+            100 * self._enforced_mask().sparsity,
             "dense" if round_index == 0 else f"rewind={args.rewind}",
             f", resuming from {checkpoint}" if checkpoint else "",
         )
         self.optimizer, self.lr_scheduler = None, None
         self._prepare_distillation(round_index)
+        rounds = self._rounds
+        earlier = sum(r["steps"] for r in rounds.history if r["round"] < round_index)
+        self.logging_step_offset = earlier
         started = time.time()
-        with self._round_hyperparameters(round_index):
+        # model_init built the model once, in _begin_run: the Trainer must not rebuild it for every round.
+        with self._round_hyperparameters(round_index), _temporarily(self, {"model_init": None}):
             output = super().train(
                 resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
             )
         metrics = self._round_metrics(ignore_keys_for_eval)
-        mask = self.current_mask
-        rounds = self._rounds
-        earlier = sum(r["steps"] for r in rounds.history if r["round"] < round_index)
-        rounds.record(
+        mask = self._enforced_mask()
+        record = rounds.record(
             round_index,
             self.accelerator.unwrap_model(self.model),
             mask,
@@ -409,18 +518,52 @@ class LotteryTrainer(Trainer):
             self._run_state.save_teacher(trained)
         self._run_state.write(round_index, "trained", rounds.schedule, rounds.history)
         self._write_history()
+        self._log_round(record)
         self.accelerator.wait_for_everyone()
         self.ticket = self._as_ticket(mask)
         return output
+
+    def _log_round(self, record: dict[str, Any]) -> None:
+        """Pass the round's record through `Trainer.log` (integrations, `log_history`) at its last step."""
+        logs: dict[str, float] = {
+            "lottery/round": record["round"],
+            "lottery/sparsity": record["sparsity"],
+            "lottery/target_sparsity": record["target_sparsity"],
+        }
+        if record["train_loss"] is not None:
+            logs["lottery/train_loss"] = record["train_loss"]
+        for name, value in record["metrics"].items():
+            if isinstance(value, (int, float)):
+                logs[f"lottery/{name}"] = value
+        self.log(logs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """`Trainer.log` on the run's step axis: the steps of the earlier rounds come first."""
+        offset = self.logging_step_offset
+        self.state.global_step += offset
+        self.logging_step_shift = offset  # what on_log callbacks see added to the round's own step
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.global_step -= offset
+            self.logging_step_shift = 0
+
+    def _report_to_hp_search(self, trial, step: int, metrics: dict[str, float]) -> None:
+        # Optuna's pruners need one increasing step axis over the whole run.
+        super()._report_to_hp_search(trial, step + self.logging_step_offset, metrics)
 
     def _round_metrics(self, ignore_keys_for_eval) -> dict[str, float]:
         """The round's eval metrics, without timings (those go to `seconds`)."""
         if self.eval_dataset is None:
             return {}
         metrics = None
-        # Reuse an evaluation the Trainer already ran at the last step (eval_strategy) rather than repeat it.
+        # Reuse an evaluation the Trainer already ran (eval_strategy) rather than repeat it: that of the last step,
+        # or with load_best_model_at_end that of the best checkpoint, the model the round keeps.
+        step = self.state.global_step
+        if self.args.load_best_model_at_end and self.state.best_global_step:
+            step = self.state.best_global_step
         for entry in reversed(self.state.log_history):
-            if entry.get("step") == self.state.global_step and "eval_loss" in entry:
+            if entry.get("step") == self.logging_step_offset + step and "eval_loss" in entry:
                 metrics = entry
                 break
         if metrics is None:
@@ -438,7 +581,9 @@ class LotteryTrainer(Trainer):
         return _temporarily(args, overrides)
 
     def _write_history(self) -> None:
-        self._rounds.write_history(self.args.output_dir, self.args.should_save, self.args.metric_for_best_model)
+        meta = self._ticket_metadata
+        title = plot_title(meta.get("task"), meta.get("base_model_name_or_path"))
+        self._rounds.write_history(self._run_dir, self.args.should_save, self.args.metric_for_best_model, title)
 
     def lottery_metric(self) -> str | None:
         """Name of the eval metric tracked against sparsity."""
@@ -449,7 +594,8 @@ class _temporarily:
     """Context manager setting attributes of an object and restoring them on exit."""
 
     def __init__(self, obj: Any, values: dict[str, Any]):
-        self.obj, self.values, self.saved = obj, values, {}
+        self.obj, self.values = obj, values
+        self.saved: dict[str, Any] = {}
 
     def __enter__(self):
         for key, value in self.values.items():

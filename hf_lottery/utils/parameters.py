@@ -89,8 +89,11 @@ def original_names(model: nn.Module, names: list[str]) -> list[str]:
     return list(dict.fromkeys(name for name in mapped if name is not None))
 
 
-# Parts of the base model that are never pruned by default (ELECTRA's `embeddings_project` is a Linear).
-_DEFAULT_EXCLUDED = re.compile(r"(^|\.)embeddings(\.|_|$)")
+# Parts of the base model that are never pruned by default (ELECTRA's `embeddings_project` and ALBERT's
+# `embedding_hidden_mapping_in` are Linears over the embeddings).
+_DEFAULT_EXCLUDED = re.compile(r"(^|\.)embeddings?(\.|_|$)")
+# Projections counted as Linears: GPT-2's Conv1D is a Linear with a transposed weight.
+_LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
 
 def _base_model_prefix(model: nn.Module) -> str | None:
@@ -116,17 +119,22 @@ def _conv_weight_names(root: nn.Module, prefix: str | None) -> list[str]:
 def default_prunable_names(model: nn.Module) -> list[str]:
     """Names of the default prunable parameters (as BERT-Tickets).
 
-    The weight matrix of every `nn.Linear` (or transformers' `Conv1D`, GPT-2) inside the base model (the encoder's
-    Q, K, V, attention output, intermediate and output projections, and the pooler; a decoder's attention and MLP
-    projections), and the kernel of every `nn.Conv2d` there (conv nets). Never embeddings, LayerNorm, BatchNorm,
-    biases or the task head: the head (a classifier, a causal LM's `lm_head`, tied or not) lives outside
-    `model.base_model_prefix`, and for a bare encoder every Linear counts.
+    The weight matrix of every `nn.Linear` (or GPT-2 `Conv1D`) inside the base model (the encoder's Q, K, V,
+    attention output, intermediate and output projections, and the pooler; a decoder's attention and MLP
+    projections), and the kernel of every `nn.Conv2d` there (conv nets). Never embeddings (nor projections of them
+    such as ALBERT's `embedding_hidden_mapping_in`), LayerNorm, BatchNorm, biases, the task head or the output
+    embeddings (`lm_head`, tied or not): the head lives outside `model.base_model_prefix`, and for a model without
+    one (T5) every Linear but the output embeddings counts.
     """
     prefix = _base_model_prefix(model)
     root = getattr(model, prefix) if prefix else model
+    get_output = getattr(model, "get_output_embeddings", None)
+    output_embeddings = get_output() if callable(get_output) else None
     names = []
     for module_name, module in root.named_modules():
-        if isinstance(module, (nn.Linear, Conv1D)) and not _DEFAULT_EXCLUDED.search(module_name):
+        if module is output_embeddings:
+            continue
+        if isinstance(module, _LINEAR_TYPES) and not _DEFAULT_EXCLUDED.search(module_name):
             full = f"{prefix}.{module_name}" if prefix else module_name
             names.append(f"{full}.weight")
     names += _conv_weight_names(root, prefix)
@@ -164,9 +172,11 @@ def prunable_parameters(model: nn.Module, prune_modules: Sequence[str] | str | N
             if prune_modules is None
             else prune_modules
         )
+        matrices = [name for name, p in params.items() if p.dim() >= 2 and p.is_floating_point()]
+        example = f" Its weight matrices include {', '.join(map(repr, matrices[:3]))}." if matrices else ""
         raise ValueError(
-            f"No prunable parameters found in {type(model).__name__} for {what}. Pass `prune_modules` with regular "
-            "expressions that match parameter names, e.g. [r'.*encoder.*\\.weight']."
+            f"No prunable parameters found in {type(model).__name__} for {what}.{example} Pass `prune_modules` with "
+            "regular expressions matched (re.fullmatch) against such names, e.g. [r'.*\\.attention\\..*\\.weight']."
         )
     return selected
 
