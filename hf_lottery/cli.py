@@ -151,7 +151,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as err:
-        raise SystemExit(f"Cannot read the config file {path}: {err}") from None
+        raise SystemExit(f"Cannot read the config file {path}: {str(err)[:300]}") from None
+    except RecursionError:  # JSON nested deeper than the interpreter's stack
+        raise SystemExit(f"Cannot read the config file {path}: it is nested too deeply.") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise SystemExit(f"The config file {path} must hold a mapping of argument names to values.")
     return data

@@ -301,6 +301,10 @@ def test_bad_config_files_fail_naming_the_file(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(SystemExit, match="Cannot read the config file .*broken.json"):
         parse_args([str(broken)])
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SystemExit, match="deep.json: it is nested too deeply"):
+        parse_args([str(deep)])
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"task_name": "rte", "model_name_or_path": "m", "no_such_option": 1}))
     with pytest.raises((SystemExit, ValueError), match="no_such_option"):
