@@ -45,14 +45,15 @@ def test_a_0_1_ticket_loads_as_the_same_mask():
 def test_a_0_1_ticket_loads_onto_its_base_and_checks_its_fingerprint(expected):
     ticket = TicketMask.from_pretrained(FIXTURES / "ticket")
     model = ticket.load_model(AutoModelForSequenceClassification, base=tiny_model(seed=0))
-    torch.testing.assert_close(_logits(model, expected), expected["sparse"], rtol=0, atol=0)
+    # Equal up to rounding: earlier tests of a session may leave other kernels (threads, determinism) selected.
+    torch.testing.assert_close(_logits(model, expected), expected["sparse"], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="base weights differ"):
         ticket.load_model(AutoModelForSequenceClassification, base=tiny_model(seed=1))
 
 
 def test_a_0_1_sparse_folder_loads_with_its_ticket(expected):
     model = AutoModelForSequenceClassification.from_pretrained(FIXTURES / "sparse")
-    torch.testing.assert_close(_logits(model, expected), expected["sparse"], rtol=0, atol=0)
+    torch.testing.assert_close(_logits(model, expected), expected["sparse"], rtol=0, atol=1e-6)
     assert TicketMask.from_model_folder(FIXTURES / "sparse") == TicketMask.from_pretrained(FIXTURES / "ticket")
     assert ticket_beside_weights(model) == TicketMask.from_pretrained(FIXTURES / "ticket")  # trainer keeps it
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..utils.parameters import is_peft_model
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 _CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
@@ -42,8 +44,12 @@ def load_text(path: str | os.PathLike, split: str = "train") -> Dataset:
     """Local text as a `Dataset` with a `text` column: a `.txt` file (one example per line), a folder of them, or a
     folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (then `split` is taken).
 
+    Needs `datasets` (the `glue` extra).
+
     Nothing is downloaded: a path that does not exist raises `FileNotFoundError`.
     """
+    from datasets import DatasetDict, load_dataset, load_from_disk  # an extra: the core runs without datasets
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No text at {path!r}: give a .txt file, a folder of .txt files or a datasets folder.")
@@ -73,6 +79,8 @@ def text_blocks(
     Each block has `input_ids`, `attention_mask` and `labels` (= `input_ids`); the tail shorter than a block is
     dropped. End-of-sequence tokens separate the texts when the tokenizer has one.
     """
+    from datasets import Dataset  # an extra: the core runs without datasets
+
     if block_size < 2:
         raise ValueError(f"block_size must be >= 2 tokens, got {block_size}.")
     rows = list(texts[text_column]) if isinstance(texts, Dataset) else list(texts)
