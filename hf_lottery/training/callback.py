@@ -154,7 +154,7 @@ class LotteryCallback(TrainerCallback):
         if self._rounds is None or state.global_step == 0:
             self._rounds = LotteryRounds(self.lottery_args, run_state)
         rounds = self._rounds
-        batches = lambda: kwargs.get("train_dataloader") or []  # noqa: E731
+        batches = _batches(kwargs)
         if state.global_step == 0:
             mask = rounds.start(model, ticket_beside_weights(model), batches)
         else:
@@ -215,7 +215,7 @@ class LotteryCallback(TrainerCallback):
             return
         rounds = self._rounds
         rounds.capture_rewind_point(model, state.global_step)
-        batches = lambda: kwargs.get("train_dataloader") or []  # noqa: E731
+        batches = _batches(kwargs)
         if rounds.early_bird_check(model, self._level, self.ticket, state.global_step, batches):
             self._early_stop = True
         if self._due_level(state) is not None and args.eval_strategy != "no":
@@ -227,7 +227,7 @@ class LotteryCallback(TrainerCallback):
             return
         rounds = self._rounds
         self._record_level(args, state, model)
-        batches = lambda: kwargs.get("train_dataloader") or []  # noqa: E731
+        batches = _batches(kwargs)
         mask = rounds.next_mask(model, level, self.ticket, batches)
         weights = rounds.rewind_weights(level, None, steps_run=state.global_step)
         if weights is not None:
@@ -329,3 +329,8 @@ class LotteryCallback(TrainerCallback):
             except (ValueError, TypeError, KeyError) as err:
                 raise ValueError(f"{path}: the recorded level ({_LEVEL_KEY!r}) is unreadable ({err}).") from None
         return TicketMask(load_tensors(path)), level
+
+
+def _batches(event_kwargs: dict[str, Any]):
+    """The training batches of a Trainer event, built only if a scoring method asks for data."""
+    return lambda: event_kwargs.get("train_dataloader") or []

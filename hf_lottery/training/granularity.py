@@ -109,10 +109,6 @@ class GroupGranularity(Granularity):
         return compact_by_mask(model, mask)
 
 
-def _collapse_guard(args: Any) -> float | str | None:
-    return args.max_tensor_sparsity
-
-
 class ChannelGranularity(Granularity):
     """Conv nets: the inner channels of residual blocks, ranked by |BatchNorm scale| (the gates), trained with the
     polarization (or L1) penalty; compacted when the model is saved. Sparsities count channels."""
@@ -124,7 +120,7 @@ class ChannelGranularity(Granularity):
 
     def prune(self, model, args, sparsity, mask, index, batches):
         return prune_channels(
-            model, sparsity, mask, scope=args.pruning_scope, max_tensor_sparsity=_collapse_guard(args)
+            model, sparsity, mask, scope=args.pruning_scope, max_tensor_sparsity=args.max_tensor_sparsity
         )
 
     def record_fields(self, model: nn.Module, mask: TicketMask) -> dict[str, Any]:
@@ -150,7 +146,7 @@ class StripeGranularity(Granularity):
 
     def prune(self, model, args, sparsity, mask, index, batches):
         return prune_stripes(
-            model, sparsity, mask, scope=args.pruning_scope, max_tensor_sparsity=_collapse_guard(args)
+            model, sparsity, mask, scope=args.pruning_scope, max_tensor_sparsity=args.max_tensor_sparsity
         )
 
     def record_fields(self, model: nn.Module, mask: TicketMask) -> dict[str, Any]:
