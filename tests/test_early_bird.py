@@ -42,6 +42,16 @@ def test_the_watcher_stops_after_patience_calm_checks_and_round_trips(tmp_path):
     assert restored.summary() == watcher.summary() == {"stopped_at_step": 4, "distances": [0.4, 0.0, 0.0]}
 
 
+def test_a_state_of_other_tensors_is_refused(tmp_path):
+    watcher = EarlyBird(threshold=0.2, patience=2)
+    watcher.check({"w": torch.ones(3, dtype=torch.bool)}, 1)
+    watcher.save(tmp_path / "state.safetensors")
+    resumed = EarlyBird(threshold=0.2, patience=2)
+    resumed.load(tmp_path / "state.safetensors")
+    with pytest.raises(ValueError, match="state.safetensors masks other tensors than this run prunes"):
+        resumed.check({"w": torch.ones(4, dtype=torch.bool)}, 2)
+
+
 def test_a_damaged_watcher_state_names_its_file(tmp_path):
     path = tmp_path / "early_bird_state.safetensors"
     path.write_bytes(b"\x00" * 12)

@@ -44,6 +44,7 @@ class EarlyBird:
 
     def reset(self) -> None:
         self.previous: dict[str, torch.Tensor] | None = None
+        self.source: str | None = None  # the checkpoint file the state was read from, for errors
         self.calm = 0
         self.distances: list[float] = []
         self.stopped_at: int | None = None
@@ -51,6 +52,14 @@ class EarlyBird:
     def check(self, mask: Mapping[str, torch.Tensor], step: int) -> bool:
         """Take the mask the round would produce at `step`; True when the round should stop now."""
         current = {name: m.detach().to("cpu", torch.bool) for name, m in mask.items()}
+        if self.previous is not None and {n: m.shape for n, m in self.previous.items()} != {
+            n: m.shape for n, m in current.items()
+        }:
+            # Only a state read from another run's checkpoint can disagree with the round's own masks.
+            raise ValueError(
+                f"The early-bird state {self.source} masks other tensors than this run prunes; delete that file (the "
+                "round then watches its masks afresh)."
+            )
         if self.previous is not None:
             distance = mask_distance(self.previous, current)
             self.distances.append(round(distance, 8))
@@ -89,5 +98,6 @@ class EarlyBird:
                 "folder to resume from the previous one."
             ) from None
         self.previous = {name: t.bool() for name, t in tensors.items()} or None
+        self.source = str(path)
         self.calm, self.distances = calm, distances
         self.stopped_at = None if stopped is None else int(stopped)
