@@ -283,4 +283,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # A gloo group left alive at interpreter exit can abort a rank ("terminate called without an active
+        # exception") after every result is written.
+        if dist.is_initialized():
+            dist.destroy_process_group()
