@@ -6,7 +6,12 @@ For one task it runs, on all-MiniLM-L6-v2 (the one real BERT installable here; n
   lr        - IMP with learning-rate rewinding (Renda et al.)
   finetune  - IMP with fine-tuning at a constant learning_rate / 10 (the baseline of Renda et al.)
   random    - random pruning at each round's per-layer sparsity of the `pretrained` ticket, trained from θ0
-The three IMP variants share round 0 (the dense run of the first seed). Every finished round is cached under
+  pretrained-kd, lr-kd - `pretrained` and `lr` with knowledge distillation from the round-0 dense model
+                (`--distill-alpha`, `--distill-temperature`)
+`--repeat METHOD=ROUND` retrains one round of a finished IMP run with the seeds `--repeat-seeds` (same mask, same
+starting weights: θ0 for the rewinding-to-θ0 methods, the previous round's trained weights for the others), so a
+match at that level is claimed over 3 seeds, not one.
+The IMP variants share round 0 (the dense run of the first seed). Every finished round is cached under
 `--cache`, so the study can be stopped and run again to continue. A method *matches* the full model at a
 sparsity when its dev metric is at least the dense mean minus one dense standard deviation.
 
@@ -30,9 +35,15 @@ import torch
 from _common import machine
 
 from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_pruning_like
-from hf_lottery.constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME
+from transformers import TrainerCallback
 
-IMP_METHODS = ("pretrained", "lr", "finetune")
+from hf_lottery.constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, TEACHER_NAME
+from hf_lottery.training.run_state import RUN_SETTINGS_NAME
+
+IMP_METHODS = ("pretrained", "lr", "finetune", "pretrained-kd", "lr-kd")
+REWIND = {"pretrained": "pretrained", "lr": "lr", "finetune": "none", "pretrained-kd": "pretrained", "lr-kd": "lr"}
+DISTILLED = ("pretrained-kd", "lr-kd")
+KEPT_WEIGHTS_DIR = "trained_rounds"  # every round's trained weights, which the run state keeps only for the last
 # Controls trained once from θ0 per round: random pruning at the per-layer sparsities of the `pretrained` ticket,
 # and the mask that learning-rate rewinding found (is its gain in the mask or in the training it gets?).
 RETRAINED_FROM_THETA0 = {"random": "pretrained", "lr-ticket": "lr"}
@@ -91,31 +102,81 @@ def lottery_args(out: Path, opts, seed: int, **overrides) -> LotteryArguments:
     return LotteryArguments(**values)
 
 
-def run_trainer(out: Path, largs: LotteryArguments, parts, mask: TicketMask | None = None) -> list[dict]:
+def method_overrides(method: str, opts) -> dict:
+    values: dict = {"rewind": REWIND[method]}
+    if method in DISTILLED:
+        values.update(distill_alpha=opts.distill_alpha, distill_temperature=opts.distill_temperature)
+    return values
+
+
+class KeepTrainedRounds(TrainerCallback):
+    """Copy each round's trained weights out of the run state before the next round replaces them (for --repeat)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        keep = self.out / KEPT_WEIGHTS_DIR
+        keep.mkdir(exist_ok=True)
+        for path in (self.out / LOTTERY_STATE_DIR).glob("trained_round_*.safetensors"):
+            if not (keep / path.name).exists():
+                shutil.copyfile(path, keep / (path.name + ".tmp"))
+                os.replace(keep / (path.name + ".tmp"), keep / path.name)
+
+
+def run_trainer(
+    out: Path,
+    largs: LotteryArguments,
+    parts,
+    mask: TicketMask | None = None,
+    model=None,
+    teacher=None,
+    keep_rounds: bool = False,
+) -> list[dict]:
     task, data, model_init, collator, metrics = parts
     resume = (out / LOTTERY_STATE_DIR / LOTTERY_STATE_NAME).is_file()
     trainer = LotteryTrainer(
-        model=model_init(),
+        model=model if model is not None else model_init(),
         args=largs,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         data_collator=collator,
         compute_metrics=metrics,
         mask=mask,
+        teacher=teacher,
+        callbacks=[KeepTrainedRounds(out)] if keep_rounds else None,
     )
     trainer.train(resume_from_checkpoint=True if resume else None)
     return trainer.lottery_history
 
 
-def seed_from_dense(dense_dir: Path, out: Path, schedule: list[float]) -> None:
-    """Start an IMP run from the finished dense run: same θ0, same trained round 0, this method's schedule."""
+def seed_from_dense(dense_dir: Path, out: Path, schedule: list[float], distills: bool) -> None:
+    """Start an IMP run from the finished dense run: same θ0, same trained round 0, this method's schedule (and,
+    when it distills, the trained round 0 as its teacher, as the trainer itself would keep it)."""
     if (out / LOTTERY_STATE_DIR).exists():
         return
-    shutil.copytree(dense_dir / LOTTERY_STATE_DIR, out / LOTTERY_STATE_DIR)
-    state_path = out / LOTTERY_STATE_DIR / LOTTERY_STATE_NAME
+    staging = out.with_name(out.name + ".seeding")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(dense_dir / LOTTERY_STATE_DIR, staging / LOTTERY_STATE_DIR)
+    # The dense run's recorded settings (rewind, ...) are not this method's: the seeded state starts unrecorded.
+    (staging / LOTTERY_STATE_DIR / RUN_SETTINGS_NAME).unlink(missing_ok=True)
+    if distills:
+        shutil.copyfile(
+            staging / LOTTERY_STATE_DIR / "trained_round_0.safetensors", staging / LOTTERY_STATE_DIR / TEACHER_NAME
+        )
+    (staging / KEPT_WEIGHTS_DIR).mkdir()
+    shutil.copyfile(
+        staging / LOTTERY_STATE_DIR / "trained_round_0.safetensors",
+        staging / KEPT_WEIGHTS_DIR / "trained_round_0.safetensors",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    os.replace(staging / KEPT_WEIGHTS_DIR, out / KEPT_WEIGHTS_DIR)
+    state_path = staging / LOTTERY_STATE_DIR / LOTTERY_STATE_NAME
     state = json.loads(state_path.read_text())
     state["schedule"] = schedule
     state_path.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(staging / LOTTERY_STATE_DIR, out / LOTTERY_STATE_DIR)
+    staging.rmdir()
 
 
 def study(opts) -> None:
@@ -127,7 +188,7 @@ def study(opts) -> None:
     results["config"] = {
         k: v
         for k, v in vars(opts).items()
-        if k not in ("report", "methods", "dense_seeds", "threads", "name", "rounds")
+        if k not in ("report", "methods", "dense_seeds", "threads", "name", "rounds", "repeat", "repeat_seeds")
     }
     results["machine"] = machine()
 
@@ -160,10 +221,9 @@ def study(opts) -> None:
             continue
         out = cache / method
         wait_for("dense_seed0")
-        seed_from_dense(cache / "dense_seed0", out, schedule)
+        seed_from_dense(cache / "dense_seed0", out, schedule, distills=method in DISTILLED)
         start = time.time()
-        rewind = {"pretrained": "pretrained", "lr": "lr", "finetune": "none"}[method]
-        hist = run_trainer(out, lottery_args(out, opts, 42, rewind=rewind), parts)
+        hist = run_trainer(out, lottery_args(out, opts, 42, **method_overrides(method, opts)), parts, keep_rounds=True)
         results[method] = {
             "rounds": [
                 {"sparsity": r["sparsity"], "metric": r["metrics"][metric], "tensor_sparsity": r["tensor_sparsity"]}
@@ -175,7 +235,43 @@ def study(opts) -> None:
     for method, source in RETRAINED_FROM_THETA0.items():
         if method in opts.methods:
             retrain_from_theta0(method, source, cache, opts, parts, results, schedule, wait_for, save)
+    for spec in opts.repeat:
+        method, round_text = spec.split("=")
+        repeat_round(method, int(round_text), cache, opts, parts, results, wait_for, save)
     report(opts)
+
+
+def repeat_round(method, r, cache, opts, parts, results, wait_for, save) -> None:
+    """Retrain round `r` of `method`'s finished IMP run with other seeds: its mask, its starting weights."""
+    from safetensors.torch import load_file
+
+    from hf_lottery.training.distillation import frozen_copy
+    from hf_lottery.training.run_state import load_weights_
+
+    metric = f"eval_{parts[0].main_metric}"
+    wait_for(method)
+    run = cache / method
+    ticket = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))
+    for seed in opts.repeat_seeds:
+        key = f"{method}_round{r}_seed{seed}"
+        if key in results:
+            continue
+        model = parts[2]()
+        if REWIND[method] != "pretrained":  # the round starts from the previous round's trained weights
+            load_weights_(model, load_file(str(run / KEPT_WEIGHTS_DIR / f"trained_round_{r - 1}.safetensors")))
+        teacher = None
+        if method in DISTILLED:
+            dense = load_file(str(run / LOTTERY_STATE_DIR / TEACHER_NAME))
+            teacher = frozen_copy(parts[2](), dense)
+        out = cache / key
+        start = time.time()
+        overrides = method_overrides(method, opts)
+        overrides.update(rewind="pretrained", target_sparsity=round(ticket.sparsity, 10))
+        largs = lottery_args(out, opts, 42 + seed, **overrides)
+        hist = run_trainer(out, largs, parts, mask=ticket, model=model, teacher=teacher)
+        results[key] = {"sparsity": hist[-1]["sparsity"], "metric": hist[-1]["metrics"][metric]}
+        results[key]["seconds"] = time.time() - start
+        save()
 
 
 def retrain_from_theta0(method, source, cache, opts, parts, results, schedule, wait_for, save) -> None:
@@ -210,6 +306,8 @@ METHOD_LABELS = {
     "finetune": "fine-tuning at lr/10",
     "random": "random pruning, same per-layer sparsity",
     "lr-ticket": "LR-rewinding mask, retrained from θ0",
+    "pretrained-kd": "rewind to pre-trained + distillation",
+    "lr-kd": "learning-rate rewinding + distillation",
 }
 
 
@@ -241,6 +339,12 @@ def collect(cache: Path, metric_names: list[str]) -> dict:
             table["methods"][method] = [{"sparsity": 0.0, **{m: dense0[m] for m in metric_names}}] + [
                 _point(r, metric_names) for r in finished if "metrics" in r
             ]
+    table["repeats"] = {}
+    for key in sorted(k for k in results if "_round" in k and "_seed" in k):
+        method, rest = key.rsplit("_round", 1)
+        r, seed = rest.split("_seed")
+        record = _history(cache / key)[-1]
+        table["repeats"].setdefault(f"{method}={r}", {})[seed] = _point(record, metric_names)
     table["seconds"] = {k: v["seconds"] for k, v in results.items() if isinstance(v, dict) and "seconds" in v}
     return table
 
@@ -269,7 +373,27 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         if len(by_s) < len(sparsities):
             best = "(not every level run)"
         lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + f" | {best} |")
-    return "\n".join(lines), {"mean": mean, "std": std, "highest_matching": highest}
+    repeated = {}
+    if table.get("repeats"):
+        lines += [
+            "",
+            "Rounds retrained over 3 seeds (seed 0 is the IMP run itself; same mask and starting weights):",
+            "",
+            "| method | sparsity | seed 0 | seed 1 | seed 2 | mean ± std | matches (mean ≥ threshold) |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+    for spec, by_seed in table.get("repeats", {}).items():
+        method, r = spec.split("=")
+        own = [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][int(r) - 1]
+        values = [own[metric]] + [by_seed[s][metric] for s in sorted(by_seed)]
+        m, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        repeated[spec] = {"values": values, "mean": m, "std": sd, "matches": m >= mean - std}
+        cells = [f"{100 * v:.2f}" for v in values] + [""] * (3 - len(values))
+        lines.append(
+            f"| {METHOD_LABELS[method]} | {100 * own['sparsity']:.0f} % | " + " | ".join(cells[:3])
+            + f" | {100 * m:.2f} ± {100 * sd:.2f} | {'yes' if m >= mean - std else 'no'} |"
+        )
+    return "\n".join(lines), {"mean": mean, "std": std, "highest_matching": highest, "repeated": repeated}
 
 
 def report(opts) -> None:
@@ -348,6 +472,12 @@ def main() -> None:
         choices=[*IMP_METHODS, *RETRAINED_FROM_THETA0],
     )
     parser.add_argument("--rounds", nargs="*", type=int, default=None, help="rounds of the θ0 controls to train")
+    parser.add_argument("--distill-alpha", type=float, default=0.5, help="distill_alpha of the -kd methods")
+    parser.add_argument("--distill-temperature", type=float, default=2.0, help="distill_temperature of the -kd methods")
+    parser.add_argument(
+        "--repeat", nargs="*", default=[], metavar="METHOD=ROUND", help="retrain these rounds with --repeat-seeds"
+    )
+    parser.add_argument("--repeat-seeds", nargs="*", type=int, default=[1, 2], help="seeds (offsets from 42) of --repeat")
     parser.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "quality"))
     parser.add_argument(
         "--sampling",
