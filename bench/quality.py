@@ -33,10 +33,9 @@ from pathlib import Path
 
 import torch
 from _common import machine
-
-from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_pruning_like
 from transformers import TrainerCallback
 
+from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_pruning_like
 from hf_lottery.constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, TEACHER_NAME
 from hf_lottery.training.run_state import RUN_SETTINGS_NAME
 
@@ -390,7 +389,8 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         repeated[spec] = {"values": values, "mean": m, "std": sd, "matches": m >= mean - std}
         cells = [f"{100 * v:.2f}" for v in values] + [""] * (3 - len(values))
         lines.append(
-            f"| {METHOD_LABELS[method]} | {100 * own['sparsity']:.0f} % | " + " | ".join(cells[:3])
+            f"| {METHOD_LABELS[method]} | {100 * own['sparsity']:.0f} % | "
+            + " | ".join(cells[:3])
             + f" | {100 * m:.2f} ± {100 * sd:.2f} | {'yes' if m >= mean - std else 'no'} |"
         )
     return "\n".join(lines), {"mean": mean, "std": std, "highest_matching": highest, "repeated": repeated}
@@ -473,11 +473,15 @@ def main() -> None:
     )
     parser.add_argument("--rounds", nargs="*", type=int, default=None, help="rounds of the θ0 controls to train")
     parser.add_argument("--distill-alpha", type=float, default=0.5, help="distill_alpha of the -kd methods")
-    parser.add_argument("--distill-temperature", type=float, default=2.0, help="distill_temperature of the -kd methods")
+    parser.add_argument(
+        "--distill-temperature", type=float, default=2.0, help="distill_temperature of the -kd methods"
+    )
     parser.add_argument(
         "--repeat", nargs="*", default=[], metavar="METHOD=ROUND", help="retrain these rounds with --repeat-seeds"
     )
-    parser.add_argument("--repeat-seeds", nargs="*", type=int, default=[1, 2], help="seeds (offsets from 42) of --repeat")
+    parser.add_argument(
+        "--repeat-seeds", nargs="*", type=int, default=[1, 2], help="seeds (offsets from 42) of --repeat"
+    )
     parser.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "quality"))
     parser.add_argument(
         "--sampling",
