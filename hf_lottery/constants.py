@@ -5,6 +5,9 @@ __version__ = "0.1.0"
 # Ticket artifact (a folder on disk or a Hub repository).
 TICKET_CONFIG_NAME = "ticket_config.json"
 TICKET_MASK_NAME = "ticket_mask.safetensors"
+# peft's adapter config: a ticket saved beside a LoRA adapter records itself there, under this key.
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_TICKET_KEY = "hf_lottery_ticket"
 TICKET_CARD_NAME = "README.md"
 SPARSITY_PLOT_NAME = "sparsity_plot.png"
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import warnings
+
 import pytest
 import torch
 from transformers import Trainer, TrainingArguments
@@ -186,9 +190,17 @@ def test_an_adapter_saved_with_its_ticket_reloads_as_trained_and_merges_sparse(t
     def base():
         return tiny_model(seed=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
-    plain = peft.PeftModel.from_pretrained(base(), folder).eval()
+    recorded = json.loads((folder / "adapter_config.json").read_text())["hf_lottery_ticket"]
+    assert recorded["sparsity"] == pytest.approx(ticket.sparsity)
+    assert recorded["mask_sha256"] == hashlib.sha256((folder / recorded["ticket_mask"]).read_bytes()).hexdigest()
+    assert recorded["ticket_config"] == "ticket_config.json" and "load_peft_ticket" in recorded["load_with"]
+    with pytest.warns(UserWarning, match="hf_lottery_ticket"):  # a plain load says it ignores the ticket
+        plain = peft.PeftModel.from_pretrained(base(), folder).eval()
     assert not torch.allclose(plain(**inputs).logits, trained, atol=1e-5)  # vanilla LoRA over the dense base
-    reloaded = load_peft_ticket(base(), folder).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reloaded = load_peft_ticket(base(), folder).eval()
+    assert not [w for w in caught if "hf_lottery_ticket" in str(w.message)]  # hf_lottery reads its own key
     torch.testing.assert_close(reloaded(**inputs).logits, trained, rtol=0, atol=1e-6)
     merged = reloaded.merge_and_unload()  # peft's own merge
     assert pruned_are_zero(dict(merged.named_parameters()), ticket)

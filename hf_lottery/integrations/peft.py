@@ -16,12 +16,15 @@ other LoRA variant.
 Saved adapters: the adapter files hold vanilla LoRA weights (A, B), and a masked update ΔW ⊙ m is not a low-rank
 product, so a plain `PeftModel.from_pretrained` over the dense base computes another function. Save the ticket beside
 the adapter (`LotteryTrainer.save_model` does; or `ticket.save_pretrained(adapter_folder)`) and reload both with
-[`load_peft_ticket`]: the same logits as the trained model, and peft's `merge_and_unload` keeps the zeros.
+[`load_peft_ticket`]: the same logits as the trained model, and peft's `merge_and_unload` keeps the zeros. A ticket
+saved into an adapter's folder records itself in its `adapter_config.json` (key `hf_lottery_ticket`: the ticket's
+files, sparsity, mask digest and this loader), which a plain peft load ignores with a warning.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import ADAPTER_TICKET_KEY
 from ..ticket.mask import TicketMask
 from ..utils.parameters import is_peft_model, original_parameter_name, peft_root_and_adapter_names
 
@@ -258,5 +262,8 @@ def load_peft_ticket(
     if ticket is None:
         hub_kwargs = {k: peft_kwargs[k] for k in ("revision", "token", "subfolder") if k in peft_kwargs}
         ticket = TicketMask.from_pretrained(adapter_name_or_path, **hub_kwargs)
-    peft_model = PeftModel.from_pretrained(base_model, adapter_name_or_path, **peft_kwargs)
+    with warnings.catch_warnings():
+        # The ticket's record in adapter_config.json is read here, not by peft, which warns that it ignores it.
+        warnings.filterwarnings("ignore", message=rf"Unexpected keyword arguments \['{ADAPTER_TICKET_KEY}'\]")
+        peft_model = PeftModel.from_pretrained(base_model, adapter_name_or_path, **peft_kwargs)
     return apply_ticket_to_peft(peft_model, ticket)

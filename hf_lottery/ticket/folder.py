@@ -25,6 +25,8 @@ import torch
 from transformers.utils import logging
 
 from ..constants import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_TICKET_KEY,
     SPARSITY_PLOT_NAME,
     TICKET_CARD_NAME,
     TICKET_CONFIG_NAME,
@@ -32,7 +34,7 @@ from ..constants import (
     TICKET_MASK_NAME,
     __version__,
 )
-from ..utils.io import commit_folder, staging_folder, sweep_staging_folders, write_json
+from ..utils.io import commit_folder, read_json, staging_folder, sweep_staging_folders, write_json
 from .card import render_ticket_card
 from .codec import load_masks, save_masks
 from .config import TicketConfig
@@ -92,8 +94,38 @@ def save_ticket(
         remove = () if create_card else (TICKET_CARD_NAME,)
         commit_folder(staging, target, remove=remove + (SPARSITY_PLOT_NAME,), last=TICKET_CONFIG_NAME)
     sparsity = mask_figures(mask)["__total__"]["sparsity"]
+    record_in_adapter_config(target, sparsity)
     logger.info("Ticket saved in %s (%d tensors, sparsity %.2f%%).", target, len(mask), 100 * sparsity)
     return target
+
+
+def record_in_adapter_config(folder: Path, sparsity: float) -> None:
+    """Record the ticket in the `adapter_config.json` of a peft adapter saved in the same folder, if there is one.
+
+    An adapter trained over a ticket computes its trained function only over the ticket's sparse base, so the
+    adapter's own config says so: which files hold the ticket, its sparsity and mask digest, and how to load both
+    (`hf_lottery.load_peft_ticket`). A plain `PeftModel.from_pretrained` ignores the key, with peft's warning.
+    """
+    path = folder / ADAPTER_CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        adapter_config = read_json(path, what="the adapter config", hint="Save the adapter again.")
+    except ValueError as err:
+        logger.warning("%s The ticket is saved beside it but not recorded in it.", err)
+        return
+    if not isinstance(adapter_config, dict):
+        logger.warning("%s holds no JSON object; the ticket is saved beside it but not recorded in it.", path)
+        return
+    adapter_config[ADAPTER_TICKET_KEY] = {
+        "ticket_config": TICKET_CONFIG_NAME,
+        "ticket_mask": TICKET_MASK_NAME,
+        "mask_sha256": file_sha256(folder / TICKET_MASK_NAME),
+        "sparsity": sparsity,
+        "hf_lottery_version": __version__,
+        "load_with": "hf_lottery.load_peft_ticket(base_model, <this folder>)",
+    }
+    write_json(path, adapter_config)
 
 
 def _local_folder(name_or_path: str | os.PathLike, subfolder: str | None) -> Path | None:
