@@ -19,6 +19,12 @@ def test_license_file_and_metadata():
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
     assert "Apache License" in (REPO_ROOT / "LICENSE").read_text(encoding="utf-8")[:200]
     assert len(project["classifiers"]) > 2 and "Typing :: Typed" in project["classifiers"]
+    urls = project["urls"]
+    assert {"Homepage", "Documentation", "Repository", "Issues", "Changelog"} <= set(urls)
+    assert len({u.split("/")[4] for u in urls.values()}) == 1  # one repository behind every link
+    assert all(u.startswith(urls["Repository"]) for u in urls.values())
+    for url, path in ((urls["Documentation"], "docs"), (urls["Changelog"], "CHANGELOG.md")):
+        assert (REPO_ROOT / path).exists() and url.endswith(path)  # the links name files the repository has
 
 
 def test_core_dependencies_leave_the_extras_out():
