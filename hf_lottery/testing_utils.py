@@ -79,7 +79,7 @@ def tiny_conv_model(family: str = "resnet", seed: int = 0, **overrides) -> PreTr
     """
     torch.manual_seed(seed)
     if family == "resnet":
-        common = dict(
+        common: dict[str, Any] = dict(
             num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3
         )
         common.update(overrides)
@@ -107,7 +107,9 @@ def tiny_causal_lm(family: str = "llama", seed: int = 0, **overrides) -> PreTrai
     whose `lm_head` is tied to the token embeddings) over the 64-token vocabulary of [`toy_text_dataset`]."""
     torch.manual_seed(seed)
     if family == "gpt2":
-        values = dict(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+        values: dict[str, Any] = dict(
+            vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+        )
         values.update(overrides)
         config: PreTrainedConfig = GPT2Config(**values)
     else:
