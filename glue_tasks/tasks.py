@@ -74,7 +74,8 @@ def _classification(
     label_names: tuple[str, ...],
     metric_names: tuple[str, ...] = ("accuracy",),
     main_metric: str = "accuracy",
-    **splits: tuple[str, ...],
+    validation_splits: tuple[str, ...] = GlueTask.validation_splits,
+    test_splits: tuple[str, ...] = GlueTask.test_splits,
 ) -> GlueTask:
     return GlueTask(
         name=name,
@@ -85,7 +86,8 @@ def _classification(
         is_regression=False,
         metric_names=metric_names,
         main_metric=main_metric,
-        **splits,
+        validation_splits=validation_splits,
+        test_splits=test_splits,
     )
 
 
