@@ -86,7 +86,8 @@ for _layout in (RESNET_LAYOUT, MOBILENET_V2_LAYOUT):
 
 def find_conv_layout(config: Any) -> ConvLayout | None:
     """The [`ConvLayout`] of a model config, or `None` when its family is not supported."""
-    return CONV_LAYOUTS.get(getattr(config, "model_type", None))
+    model_type = getattr(config, "model_type", None)
+    return None if model_type is None else CONV_LAYOUTS.get(model_type)
 
 
 def get_conv_layout(config: Any) -> ConvLayout:

@@ -175,7 +175,8 @@ def find_layout(config: Any) -> BlockLayout | None:
         config (`PreTrainedConfig`):
             A model configuration (anything with a `model_type` attribute).
     """
-    return LAYOUTS.get(getattr(config, "model_type", None))
+    model_type = getattr(config, "model_type", None)
+    return None if model_type is None else LAYOUTS.get(model_type)
 
 
 def get_layout(config: Any) -> BlockLayout:
