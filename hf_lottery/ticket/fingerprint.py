@@ -26,7 +26,7 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
     if sys.byteorder != "little":
         array = array.astype("<f4")
-    return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
+    return hashlib.sha256(array.data.cast("B")).hexdigest()
 
 
 def combine_digests(entries: list[dict[str, Any]]) -> str | None:
