@@ -29,7 +29,7 @@ def conv_macs(
     Returns:
         `dict[str, int]`: `{"conv": n, "linear": n, "total": n}`.
     """
-    kept = {}
+    kept: dict[nn.Module, int] = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             key = f"{name}.weight"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -190,7 +191,7 @@ def stripe_parameters(model: PreTrainedModel) -> dict[str, nn.Parameter]:
     """The conv kernels a stripe mask covers, `{name: parameter}`: every `Conv2d` with groups=1 in the base model."""
     prefix = _prefix(model)
     return {
-        f"{prefix}{path}.weight": conv.weight
+        f"{prefix}{path}.weight": cast(nn.Parameter, conv.weight)  # torch types `Conv2d.weight` as a Tensor
         for path, conv in stripe_convs(model).items()
         if isinstance(conv, nn.Conv2d)
     }

@@ -179,14 +179,15 @@ def stripe_conv_im2col(x: torch.Tensor, conv: nn.Conv2d, kept: torch.Tensor) -> 
     only the kernel positions some filter keeps (one matrix product over those columns).
     """
     check_stripe_conv(conv)
+    padding = _pair(conv.padding)  # numeric: check_stripe_conv refuses padding given as a string
     kh, kw = conv.kernel_size
     used = kept.reshape(kept.shape[0], -1).any(dim=0).nonzero().flatten()
     n, c, h, w = x.shape
-    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
     cols = cols.view(n, c, kh * kw, -1)[:, :, used].reshape(n, c * len(used), -1)
     weight = (conv.weight * kept[:, None].to(conv.weight.dtype)).reshape(conv.out_channels, c, kh * kw)
     out = weight[:, :, used].reshape(conv.out_channels, -1) @ cols
-    h_out = (h + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
+    h_out = (h + 2 * padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
     out = out.view(n, conv.out_channels, h_out, -1)
     return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
 
@@ -230,11 +231,11 @@ def normalize_stripe_structure(value: Any, totals: Mapping[str, int]) -> dict[st
     return result
 
 
-def stripe_convs(model: nn.Module) -> dict[str, nn.Module]:
+def stripe_convs(model: nn.Module) -> dict[str, nn.Conv2d | StripeConv2d]:
     """`{path: module}` of the convs stripes can be taken from (plain `Conv2d` with groups=1, or already
     [`StripeConv2d`]), paths relative to the base model."""
     base = getattr(model, "base_model", model)
-    found: dict[str, nn.Module] = {}
+    found: dict[str, nn.Conv2d | StripeConv2d] = {}
     for name, module in base.named_modules():
         if isinstance(module, StripeConv2d) or (
             isinstance(module, nn.Conv2d)
@@ -277,6 +278,7 @@ def apply_stripe_structure_(model: nn.Module, structure: Mapping[str, Iterable[i
                     module.weight.permute(0, 2, 3, 1).reshape(-1, module.in_channels)[kept_rows(stripe)]
                 )
                 if module.bias is not None:
+                    assert stripe.bias is not None  # built with bias=True above
                     stripe.bias.copy_(module.bias)
         parent_path, _, attr = path.rpartition(".")
         setattr(base.get_submodule(parent_path) if parent_path else base, attr, stripe)
@@ -291,12 +293,12 @@ def apply_config_stripes_(model: nn.Module) -> bool:
     """
     config = getattr(model, "config", None)
     value = getattr(config, PRUNED_STRIPES_ATTR, None) if config is not None else None
-    if not value:
+    if config is None or not value:
         return False
     convs = stripe_convs(model)
     if not convs:
         return False
-    totals = {}
+    totals: dict[str, int] = {}
     for path, module in convs.items():
         kh, kw = _pair(module.kernel_size)
         totals[path] = module.out_channels * kh * kw
