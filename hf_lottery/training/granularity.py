@@ -9,11 +9,11 @@ train its penalties and for the final model; neither branches on the granularity
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 
 from ..pruning.prune import prune_with_arguments, pruning_seed
 from ..scoring import scoring_spec
@@ -33,6 +33,12 @@ from ..utils.parameters import prunable_parameters
 from .conv_regularization import ChannelPenaltyCallback, FilterSkeletonCallback
 
 Batches = Callable[[], Iterable[Any]]
+
+
+def _pretrained(model: nn.Module) -> PreTrainedModel:
+    # The structured strategies read the architecture from `model.config` (its layout): they are handed the
+    # Transformers model a run trains, which the interface types as any module.
+    return cast(PreTrainedModel, model)
 
 
 class Granularity:
@@ -89,7 +95,7 @@ class GroupGranularity(Granularity):
         self.name = name
 
     def covered_parameters(self, model: nn.Module, args: Any) -> dict[str, nn.Parameter]:
-        return structured_parameters(model)
+        return structured_parameters(_pretrained(model))
 
     def prune(self, model, args, sparsity, mask, index, batches):
         extra: dict[str, Any] = {}
@@ -102,11 +108,11 @@ class GroupGranularity(Granularity):
         )
 
     def record_fields(self, model: nn.Module, mask: TicketMask) -> dict[str, Any]:
-        removed = removed_groups(model, mask)
+        removed = removed_groups(_pretrained(model), mask)
         return {"removed_groups": {kind: sum(len(v) for v in layers.values()) for kind, layers in removed.items()}}
 
     def final_model(self, model: nn.Module, mask: TicketMask) -> nn.Module | None:
-        return compact_by_mask(model, mask)
+        return compact_by_mask(_pretrained(model), mask)
 
 
 class ChannelGranularity(Granularity):
@@ -116,7 +122,7 @@ class ChannelGranularity(Granularity):
     name = "channel"
 
     def covered_parameters(self, model: nn.Module, args: Any) -> dict[str, nn.Parameter]:
-        return channel_parameters(model)
+        return channel_parameters(_pretrained(model))
 
     def prune(self, model, args, sparsity, mask, index, batches):
         return prune_channels(
@@ -124,10 +130,11 @@ class ChannelGranularity(Granularity):
         )
 
     def record_fields(self, model: nn.Module, mask: TicketMask) -> dict[str, Any]:
-        return {"removed_groups": {"channels": sum(len(v) for v in removed_channels(model, mask).values())}}
+        removed = removed_channels(_pretrained(model), mask)
+        return {"removed_groups": {"channels": sum(len(v) for v in removed.values())}}
 
     def final_model(self, model: nn.Module, mask: TicketMask) -> nn.Module | None:
-        return compact_channels_by_mask(model, mask)
+        return compact_channels_by_mask(_pretrained(model), mask)
 
     def training_callbacks(self, args: Any) -> list[TrainerCallback]:
         if args.channel_regularizer == "none":
@@ -142,7 +149,7 @@ class StripeGranularity(Granularity):
     name = "stripe"
 
     def covered_parameters(self, model: nn.Module, args: Any) -> dict[str, nn.Parameter]:
-        return stripe_parameters(model)
+        return stripe_parameters(_pretrained(model))
 
     def prune(self, model, args, sparsity, mask, index, batches):
         return prune_stripes(
@@ -153,7 +160,7 @@ class StripeGranularity(Granularity):
         return {"removed_groups": {"stripes": sum(int((~kept_stripes(m)).sum()) for m in mask.values())}}
 
     def final_model(self, model: nn.Module, mask: TicketMask) -> nn.Module | None:
-        return stripe_model_by_mask(model, mask)
+        return stripe_model_by_mask(_pretrained(model), mask)
 
     def training_callbacks(self, args: Any) -> list[TrainerCallback]:
         return [FilterSkeletonCallback(args.stripe_penalty, args.stripe_skeleton_learning_rate)]
