@@ -45,7 +45,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -120,13 +120,13 @@ def _rice_encode(gaps: np.ndarray, fields: Mapping[str, Any]) -> np.ndarray:
     return np.concatenate(streams)
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _rice_decode(data: np.ndarray, n: int, kept: int, fields: Mapping[str, Any]) -> np.ndarray:
     minority, count, k, unary_bits = (fields.get(key) for key in ("minority", "count", "k", "unary_bits"))
-    if not isinstance(minority, bool) or not all(_is_count(v) for v in (count, k, unary_bits)):
+    if not isinstance(minority, bool) or not (_is_count(count) and _is_count(k) and _is_count(unary_bits)):
         raise _Corrupt("invalid rice fields (minority, count, k, unary_bits)")
     if k > 62 or count != (kept if minority else n - kept):
         raise _Corrupt(f"invalid rice fields: k={k}, count={count} for {n} entries of which {kept} are kept")
@@ -270,7 +270,7 @@ def decode_mask(data: np.ndarray, header: Mapping[str, Any]) -> torch.Tensor:
     found = int(np.count_nonzero(flat))
     if found != kept:
         raise _Corrupt(f"decoded {found} kept entries, the header says {kept}")
-    return torch.from_numpy(flat).reshape(shape)
+    return torch.from_numpy(flat).reshape(cast(list[int], shape))  # a list of sizes: check_shape checked it
 
 
 # -- Files ----------------------------------------------------------------------------------------------------
