@@ -43,7 +43,8 @@ def _tensor_sparsity_cap(value: float | str | None) -> float | str | None:
             raise ValueError(
                 f"max_tensor_sparsity must be a fraction in (0, 1] or {AUTO_TENSOR_SPARSITY!r}, got {value!r}."
             ) from None
-    if value is not None and value != AUTO_TENSOR_SPARSITY and not 0.0 < value <= 1.0:
+    # Any text left is AUTO_TENSOR_SPARSITY: the rest was converted above.
+    if value is not None and not isinstance(value, str) and not 0.0 < value <= 1.0:
         raise ValueError(f"max_tensor_sparsity must be in (0, 1] or {AUTO_TENSOR_SPARSITY!r}, got {value}.")
     return value
 
