@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -29,7 +30,7 @@ _KINDS = {
 }
 
 
-def _as_int(value: object) -> int | None:
+def _as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     try:
@@ -56,7 +57,7 @@ def _validate(
             raise ValueError(f"{fn}: layer {layer} is given twice.")
         if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
             raise ValueError(f"{fn}: layer {layer} must map to a list of {kind} indices, got {indices!r}.")
-        removed = getattr(blocks[layer], attr, set())
+        removed: set[int] = getattr(blocks[layer], attr, set())
         seen: list[int] = []
         for raw in indices:
             index = _as_int(raw)

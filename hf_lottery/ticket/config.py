@@ -200,8 +200,8 @@ class TicketConfig:
         for key, kinds in _FIELD_TYPES.items():
             value = data.get(key)
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
-                names = " or ".join(k.__name__ for k in kinds)
-                raise ValueError(f"{source}: {key!r} must be a {names}, got {type(value).__name__}.")
+                expected = " or ".join(k.__name__ for k in kinds)
+                raise ValueError(f"{source}: {key!r} must be a {expected}, got {type(value).__name__}.")
         entries = data.get("prunable_parameters") or []
         if not all(
             isinstance(e, Mapping)

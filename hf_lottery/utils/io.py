@@ -106,7 +106,7 @@ def sweep_staging_folders(target: str | os.PathLike) -> list[Path]:
     target = Path(target)
     host_prefix = _staging_prefix(target).rsplit("-", 2)[0] + "-"
     pattern = re.compile(re.escape(host_prefix) + r"(\d+)-[A-Za-z0-9_]+")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(target.parent.iterdir())
     except OSError:  # a missing or unreadable parent: nothing to sweep
