@@ -85,6 +85,7 @@ def _module_body(module: Any) -> str:
         is_future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
         is_relative = isinstance(node, ast.ImportFrom) and node.level > 0
         if is_docstring or is_future or is_relative:
+            assert node.end_lineno is not None  # ast.parse sets it on every statement
             drop.update(range(node.lineno - 1, node.end_lineno))
     return "\n".join(line for i, line in enumerate(lines) if i not in drop).strip() + "\n"
 

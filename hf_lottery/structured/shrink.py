@@ -11,7 +11,7 @@ self-contained modeling file written beside structured checkpoints (see `remote.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ PRUNED_NEURONS_ATTR = "pruned_neurons"
 def get_blocks(model: nn.Module, layout: BlockLayout) -> nn.ModuleList:
     """The transformer blocks of `model` (a task model or its base model)."""
     base = getattr(model, "base_model", model)
-    return base.get_submodule(layout.layers)
+    return cast(nn.ModuleList, base.get_submodule(layout.layers))
 
 
 def original_counts(config: Any, layout: BlockLayout) -> tuple[int, int, int]:
@@ -44,6 +44,11 @@ def kept_indices(total: int, removed: Iterable[int]) -> list[int]:
     """Original indices still present, in the order they are stored."""
     removed = set(removed)
     return [i for i in range(total) if i not in removed]
+
+
+def _linear(block: nn.Module, path: str) -> nn.Linear:
+    # The projections a layout names are Linear layers; `get_submodule` is typed as returning any module.
+    return cast(nn.Linear, block.get_submodule(path))
 
 
 def slice_linear_(linear: nn.Linear, index: list[int], dim: int) -> None:
@@ -107,10 +112,10 @@ def remove_heads_(block: nn.Module, layout: BlockLayout, num_heads: int, heads: 
     positions = [p for p, h in enumerate(current) if h not in heads]
     rows = [p * head_size + j for p in positions for j in range(head_size)]
     query_rows = [p * group * head_size + j for p in positions for j in range(group * head_size)]
-    slice_linear_(block.get_submodule(layout.query), query_rows, dim=0)
+    slice_linear_(_linear(block, layout.query), query_rows, dim=0)
     for path in (layout.key, layout.value):
-        slice_linear_(block.get_submodule(path), rows, dim=0)
-    slice_linear_(block.get_submodule(layout.attention_output), query_rows, dim=1)
+        slice_linear_(_linear(block, path), rows, dim=0)
+    slice_linear_(_linear(block, layout.attention_output), query_rows, dim=1)
     for attr in layout.head_count_attrs:
         setattr(attention, attr, len(positions))
     for attr in layout.head_width_attrs:
@@ -133,8 +138,8 @@ def remove_neurons_(block: nn.Module, layout: BlockLayout, num_neurons: int, neu
     current = kept_indices(num_neurons, removed)
     positions = [p for p, n in enumerate(current) if n not in neurons]
     for path in (layout.intermediate, *layout.intermediate_extra):
-        slice_linear_(block.get_submodule(path), positions, dim=0)
-    slice_linear_(block.get_submodule(layout.output), positions, dim=1)
+        slice_linear_(_linear(block, path), positions, dim=0)
+    slice_linear_(_linear(block, layout.output), positions, dim=1)
     setattr(block, PRUNED_NEURONS_ATTR, removed | neurons)
 
 
