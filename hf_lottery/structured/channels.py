@@ -76,11 +76,12 @@ def _sliced(param: torch.Tensor, keep: torch.Tensor, dim: int) -> nn.Parameter:
     return nn.Parameter(param.data.index_select(dim, keep).clone(), requires_grad=param.requires_grad)
 
 
-def _slice_norm_(norm: nn.Module, keep: torch.Tensor) -> None:
+def _slice_norm_(norm: nn.BatchNorm2d, keep: torch.Tensor) -> None:
     if norm.affine:
         norm.weight = _sliced(norm.weight, keep, 0)
         norm.bias = _sliced(norm.bias, keep, 0)
     if norm.track_running_stats:
+        assert norm.running_mean is not None and norm.running_var is not None  # registered when tracking
         norm.running_mean = norm.running_mean.index_select(0, keep).clone()
         norm.running_var = norm.running_var.index_select(0, keep).clone()
     norm.num_features = len(keep)
@@ -195,7 +196,7 @@ def apply_config_channels_(model: nn.Module) -> bool:
     """
     config = getattr(model, "config", None)
     value = getattr(config, PRUNED_CHANNELS_ATTR, None) if config is not None else None
-    if not value:
+    if config is None or not value:
         return False
     layout = find_conv_layout(config)
     if layout is None:
