@@ -33,7 +33,14 @@ from ..constants import (
 )
 from ..structured.layouts import find_layout
 from ..structured.removal import compact
-from ..structured.shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR, get_blocks, kept_indices, original_counts
+from ..structured.shrink import (
+    PRUNED_HEADS_ATTR,
+    PRUNED_NEURONS_ATTR,
+    get_blocks,
+    kept_indices,
+    layout_linear,
+    original_counts,
+)
 from ..ticket.card import head_of, splice_speed_section
 from ..utils.io import atomic_path, write_json
 from .quantize import (
@@ -63,7 +70,7 @@ def dead_groups(model: PreTrainedModel) -> dict[str, dict[int, list[int]]]:
     _, num_heads, num_neurons = original_counts(model.config, layout)
     found: dict[str, dict[int, list[int]]] = {"heads": {}, "neurons": {}}
     for i, block in enumerate(get_blocks(model, layout)):
-        attention_output = block.get_submodule(layout.attention_output).weight
+        attention_output = layout_linear(block, layout.attention_output).weight
         head_size = int(getattr(block.get_submodule(layout.attention), layout.head_size_attr))
         kept_heads = kept_indices(num_heads, getattr(block, PRUNED_HEADS_ATTR, ()))
         if kept_heads and attention_output.shape[1]:
@@ -71,7 +78,7 @@ def dead_groups(model: PreTrainedModel) -> dict[str, dict[int, list[int]]]:
             dead = [kept_heads[p] for p in (alive == 0).all(dim=2).all(dim=0).nonzero().flatten().tolist()]
             if dead:
                 found["heads"][i] = dead
-        output = block.get_submodule(layout.output).weight
+        output = layout_linear(block, layout.output).weight
         kept_neurons = kept_indices(num_neurons, getattr(block, PRUNED_NEURONS_ATTR, ()))
         if kept_neurons and output.shape[1]:
             dead = [kept_neurons[p] for p in (output.detach() == 0).all(dim=0).nonzero().flatten().tolist()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 
 from .layouts import get_layout
-from .shrink import get_blocks
+from .shrink import get_blocks, layout_linear
 
 
 def encoder_matmul_flops(model: PreTrainedModel, seq_len: int, batch_size: int = 1) -> int:
@@ -39,8 +39,8 @@ def encoder_matmul_flops(model: PreTrainedModel, seq_len: int, batch_size: int =
             *layout.intermediate_extra,
             layout.output,
         ):
-            linear = block.get_submodule(path)
+            linear = layout_linear(block, path)
             total += 2 * tokens * linear.in_features * linear.out_features
-        width = block.get_submodule(layout.query).out_features  # kept heads * head size
+        width = layout_linear(block, layout.query).out_features  # kept heads * head size
         total += 2 * 2 * batch_size * seq_len * seq_len * width  # scores and context
     return total

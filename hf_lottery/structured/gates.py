@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from .layouts import get_layout
 from .polarization import polarization_regularizer
-from .shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR, get_blocks, kept_indices, original_counts
+from .shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR, get_blocks, kept_indices, layout_linear, original_counts
 
 GroupScores = dict[int, torch.Tensor]
 """Scores of one kind of group: `{layer: tensor}`, one value per ORIGINAL index; `nan` marks a removed group."""
@@ -83,7 +83,7 @@ class StructureGates(nn.Module):
             if heads:
                 ids = kept_indices(num_heads, getattr(block, PRUNED_HEADS_ATTR, ()))
                 if ids:
-                    target = block.get_submodule(layout.attention_output)
+                    target = layout_linear(block, layout.attention_output)
                     gate = self._new_gate(len(ids), init, target.weight.device)
                     self.head_gates[str(layer)] = gate
                     self.ids["heads"][layer] = ids
@@ -91,7 +91,7 @@ class StructureGates(nn.Module):
             if neurons:
                 ids = kept_indices(num_neurons, getattr(block, PRUNED_NEURONS_ATTR, ()))
                 if ids:
-                    target = block.get_submodule(layout.output)
+                    target = layout_linear(block, layout.output)
                     gate = self._new_gate(len(ids), init, target.weight.device)
                     self.neuron_gates[str(layer)] = gate
                     self.ids["neurons"][layer] = ids

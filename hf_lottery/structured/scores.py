@@ -17,7 +17,7 @@ from transformers.utils import logging
 
 from .gates import GroupScores, StructureGates
 from .layouts import get_layout
-from .shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR, get_blocks, kept_indices, original_counts
+from .shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR, get_blocks, kept_indices, layout_linear, original_counts
 
 logger = logging.get_logger(__name__)
 
@@ -74,19 +74,21 @@ def magnitude_scores(model: PreTrainedModel, p: float = 2.0) -> StructureScores:
             head_size = int(getattr(block.get_submodule(layout.attention), layout.head_size_attr))
             n = len(head_ids)
             parts = [
-                block.get_submodule(path).weight.reshape(n, head_size, -1).flatten(1)
+                layout_linear(block, path).weight.reshape(n, head_size, -1).flatten(1)
                 for path in (layout.query, layout.key, layout.value)
             ]
-            out = block.get_submodule(layout.attention_output).weight  # (hidden, n * query heads per unit * head_size)
+            out = layout_linear(
+                block, layout.attention_output
+            ).weight  # (hidden, n * query heads per unit * head_size)
             parts.append(out.reshape(out.shape[0], n, -1).transpose(0, 1).flatten(1))
             norms = torch.cat([part.float() for part in parts], dim=1).norm(p=p, dim=1)
             result["heads"][layer] = _full(num_heads, head_ids, norms)
         neuron_ids = kept_indices(num_neurons, getattr(block, PRUNED_NEURONS_ATTR, ()))
         if neuron_ids:
             inner = [
-                block.get_submodule(path).weight.float() for path in (layout.intermediate, *layout.intermediate_extra)
+                layout_linear(block, path).weight.float() for path in (layout.intermediate, *layout.intermediate_extra)
             ]
-            outer = block.get_submodule(layout.output).weight.float()  # (hidden, neurons)
+            outer = layout_linear(block, layout.output).weight.float()  # (hidden, neurons)
             norms = torch.cat([*inner, outer.t()], dim=1).norm(p=p, dim=1)
             result["neurons"][layer] = _full(num_neurons, neuron_ids, norms)
     return result

@@ -46,8 +46,9 @@ def kept_indices(total: int, removed: Iterable[int]) -> list[int]:
     return [i for i in range(total) if i not in removed]
 
 
-def _linear(block: nn.Module, path: str) -> nn.Linear:
-    # The projections a layout names are Linear layers; `get_submodule` is typed as returning any module.
+def layout_linear(block: nn.Module, path: str) -> nn.Linear:
+    """The Linear layer at `path` of `block`: a projection its layout names (query, key, value, outputs)."""
+    # `get_submodule` is typed as returning any module.
     return cast(nn.Linear, block.get_submodule(path))
 
 
@@ -112,10 +113,10 @@ def remove_heads_(block: nn.Module, layout: BlockLayout, num_heads: int, heads: 
     positions = [p for p, h in enumerate(current) if h not in heads]
     rows = [p * head_size + j for p in positions for j in range(head_size)]
     query_rows = [p * group * head_size + j for p in positions for j in range(group * head_size)]
-    slice_linear_(_linear(block, layout.query), query_rows, dim=0)
+    slice_linear_(layout_linear(block, layout.query), query_rows, dim=0)
     for path in (layout.key, layout.value):
-        slice_linear_(_linear(block, path), rows, dim=0)
-    slice_linear_(_linear(block, layout.attention_output), query_rows, dim=1)
+        slice_linear_(layout_linear(block, path), rows, dim=0)
+    slice_linear_(layout_linear(block, layout.attention_output), query_rows, dim=1)
     for attr in layout.head_count_attrs:
         setattr(attention, attr, len(positions))
     for attr in layout.head_width_attrs:
@@ -138,8 +139,8 @@ def remove_neurons_(block: nn.Module, layout: BlockLayout, num_neurons: int, neu
     current = kept_indices(num_neurons, removed)
     positions = [p for p, n in enumerate(current) if n not in neurons]
     for path in (layout.intermediate, *layout.intermediate_extra):
-        slice_linear_(_linear(block, path), positions, dim=0)
-    slice_linear_(_linear(block, layout.output), positions, dim=1)
+        slice_linear_(layout_linear(block, path), positions, dim=0)
+    slice_linear_(layout_linear(block, layout.output), positions, dim=1)
     setattr(block, PRUNED_NEURONS_ATTR, removed | neurons)
 
 
