@@ -95,7 +95,8 @@ def compact_for_inference(model: PreTrainedModel, mask: Mapping[str, torch.Tenso
         model (`PreTrainedModel`): a full-shape model whose pruned groups are zero, or an already shrunk one.
         mask ([`TicketMask`], *optional*): a (structured) ticket of `model`; its zeros are applied first.
     """
-    compacted = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    # transformers wraps `PreTrainedModel.to` in `functools.wraps`, whose stub mypy does not bind as a method.
+    compacted = copy.deepcopy(model).to("cpu", torch.float32).eval()  # type: ignore[arg-type]
     if mask is not None:
         params = dict(compacted.named_parameters())
         with torch.no_grad():
@@ -170,9 +171,10 @@ def export_for_cpu(
         raise ValueError(f"`backend` must be 'auto' or one of {BACKENDS}, got {backend!r}.")
     compacted = compact_for_inference(model, mask)
     names = quantizable_linears(compacted, modules) if quantize else []
-    used = resolve_backend(backend) if quantize else None
+    used: str | None = None
     exported = compacted
     if quantize:
+        used = resolve_backend(backend)
         # The fp32 compacted model is what gets saved; quantize a copy.
         exported = copy.deepcopy(compacted) if save_directory is not None else compacted
         quantize_linears_(exported, names, used)
@@ -182,7 +184,8 @@ def export_for_cpu(
     elif speed is not None:
         report = speed if isinstance(speed, SpeedReport) else SpeedReport.from_dict(speed)
     if report is not None:
-        exported.speed_report = report
+        # torch types an attribute a Module does not declare as `Tensor | Module`.
+        exported.speed_report = report  # type: ignore[assignment]
     if save_directory is not None:
         out = Path(save_directory)
         compacted.save_pretrained(out)
@@ -306,7 +309,7 @@ def _local_export_folder(path: str | os.PathLike, **hub_kwargs: Any) -> Path:
 
 def load_for_cpu(
     path: str | os.PathLike,
-    model_class: type | None = None,
+    model_class: type[Any] | None = None,
     backend: str | None = None,
     revision: str | None = None,
     **model_kwargs: Any,
