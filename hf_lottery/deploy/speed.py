@@ -14,10 +14,11 @@ import statistics
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from ..structured.flops import encoder_matmul_flops
 from ..structured.layouts import find_layout
@@ -168,7 +169,7 @@ def unpruned_reference(model: nn.Module) -> nn.Module:
 
 
 def _inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
-    config = model.config
+    config: Any = model.config  # a transformers config: `measure_speed` times models that have one
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise ValueError(f"`seq_len`={seq_len} exceeds the model's max_position_embeddings ({limit}).")
@@ -184,7 +185,7 @@ def _flops(model: nn.Module, seq_len: int) -> int | None:
     if find_layout(getattr(model, "config", None)) is None:
         return None
     try:
-        return encoder_matmul_flops(model, seq_len, 1)
+        return encoder_matmul_flops(cast(PreTrainedModel, model), seq_len, 1)  # its config has a layout
     except AttributeError:  # a model of the family without the encoder blocks (nothing to count)
         return None
 
