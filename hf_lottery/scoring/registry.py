@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..ticket.mask import TicketMask
+
 
 class ScoringMethod(Protocol):
     """A scoring method.
@@ -30,6 +32,11 @@ class ScoringMethod(Protocol):
         model: nn.Module,
         parameters: Mapping[str, torch.Tensor],
         mask: Mapping[str, torch.Tensor] | None,
+        *,
+        seed: int,
+        sparsity: float,
+        scope: str,
+        select: Callable[..., TicketMask],
         **kwargs: Any,
     ) -> dict[str, torch.Tensor]: ...
 
