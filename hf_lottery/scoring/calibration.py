@@ -16,7 +16,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 
-def layers_of(model: nn.Module, parameters: Mapping[str, torch.Tensor], method: str) -> dict[str, nn.Module]:
+def layers_of(model: nn.Module, parameters: Mapping[str, torch.Tensor], method: str) -> dict[str, nn.Linear | Conv1D]:
     """`{name: layer}` for every prunable weight: the `nn.Linear` or `Conv1D` whose `weight` it is."""
     owners = {id(m.weight): m for m in model.modules() if isinstance(m, (nn.Linear, Conv1D))}
     layers = {}
@@ -42,7 +42,7 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 def run_calibration(
     model: nn.Module,
-    layers: Mapping[str, nn.Module],
+    layers: Mapping[str, nn.Linear | Conv1D],
     dataloader: Iterable[Mapping[str, Any]] | None,
     accumulate: Callable[[str, torch.Tensor], None],
     calibration_batches: int | None,

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from ..ticket.mask import TicketMask
 from ..types import DEFAULT_SPARSEGPT_DAMPING
@@ -40,7 +41,7 @@ def _hessians(
     parameters: Mapping[str, torch.Tensor],
     dataloader: Iterable[Mapping[str, Any]] | None,
     calibration_batches: int | None,
-) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, nn.Linear | Conv1D], dict[str, torch.Tensor]]:
     layers = layers_of(model, parameters, "sparsegpt")
     shared: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
