@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -142,7 +142,7 @@ def _adversarial_backward(
     batch = dict(batch)
     input_ids = batch.pop("input_ids")
     with torch.no_grad():
-        embeds = model.get_input_embeddings()(input_ids)
+        embeds = cast(Any, model).get_input_embeddings()(input_ids)
     live = batch.get("attention_mask", torch.ones_like(input_ids)).unsqueeze(-1).to(embeds.dtype)
     radius = epsilon * (embeds * live).flatten(1).norm(dim=1).view(-1, 1, 1)
     step = 2.0 * radius / steps

@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -79,7 +79,7 @@ def save_sparse_model(
             tensor = state[alias]
             state[alias] = tensor.masked_fill(~m.to(tensor.device), 0)  # +0.0, where tensor * mask gives -0.0
     with staging_folder(target) as staging:
-        inner.save_pretrained(staging, state_dict=state, **save_pretrained_kwargs)
+        cast(Any, inner).save_pretrained(staging, state_dict=state, **save_pretrained_kwargs)
         write_ticket_files(mask, metadata, staging, repo_id=None, create_card=create_card, has_weights=True)
         written = {p.name for p in staging.iterdir()}
         stale = [p.name for p in target.iterdir() if _WEIGHT_FILE.match(p.name)] if target.is_dir() else []
@@ -169,7 +169,7 @@ def verify_base(mask: Mapping[str, torch.Tensor], model: nn.Module, config: Tick
     found_on += f" (revision {config.revision})" if config.revision else ""
     raise ValueError(
         f"The base weights differ from those the ticket was found on: {len(differing)} of {len(mask)} prunable "
-        f"tensors differ, first {name!r} (sha256 {tensor_digest(params[name])[:12]}… vs {recorded[name][:12]}… "
-        f"recorded). The ticket was found on {found_on}.{hint} Load that base, or pass verify_base=False to "
-        "apply the mask anyway."
+        f"tensors differ, first {name!r} (sha256 {tensor_digest(params[name])[:12]}… vs "
+        f"{cast(str, recorded[name])[:12]}… recorded). The ticket was found on {found_on}.{hint} Load that base, or "
+        "pass verify_base=False to apply the mask anyway."
     )

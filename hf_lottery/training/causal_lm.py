@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -27,7 +27,7 @@ _CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 def is_causal_lm(model: nn.Module) -> bool:
     """True for a model of an `AutoModelForCausalLM` class (also under peft)."""
     if is_peft_model(model) and hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+        model = cast(Any, model).get_base_model()
     return type(model).__name__ in _CAUSAL_LM_CLASSES
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,7 @@ def load_teacher(teacher: str | nn.Module, student: nn.Module) -> nn.Module:
     if isinstance(teacher, nn.Module):
         model = teacher
     else:
-        base = student.get_base_model() if hasattr(student, "get_base_model") else student
+        base = cast(Any, student).get_base_model() if hasattr(student, "get_base_model") else student
         loader = getattr(type(base), "from_pretrained", None)
         if loader is None:
             raise ValueError(
@@ -161,7 +161,7 @@ class Distiller:
         self.temperature = temperature
         self.regression = regression
         self._captured: torch.Tensor | None = None
-        self._hook = None
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._config: Any = None
         self.calls = 0  # training steps whose loss included the distillation term
 
