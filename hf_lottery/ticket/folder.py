@@ -171,7 +171,7 @@ def load_ticket(
         config_file = download_file(repo_id, TICKET_CONFIG_NAME, label, **download)
         config = TicketConfig.from_json_file(config_file)  # an unknown format version stops here
         mask_file = download_file(repo_id, TICKET_MASK_NAME, label, **download)
-    recorded = [(e.get("name"), list(e.get("shape", []))) for e in config.prunable_parameters]
+    recorded = [(e["name"], list(e.get("shape", []))) for e in config.prunable_parameters]  # from_dict checked names
     # Decoding is bounded by the recorded shapes, so a damaged file is named precisely before the digest check.
     masks = load_masks(mask_file, expected_shapes=recorded)
     if config.mask_sha256 and file_sha256(mask_file) != config.mask_sha256:
@@ -227,7 +227,11 @@ def push_ticket(
 ) -> Any:
     """Save the ticket locally, then upload the folder to `repo_id` in one commit (see [`TicketMask.push_to_hub`])."""
     keep = save_directory is not None
-    local = Path(save_directory) if keep else Path(tempfile.mkdtemp(prefix="hf_lottery-ticket-")) / "ticket"
+    local = (
+        Path(save_directory)
+        if save_directory is not None
+        else Path(tempfile.mkdtemp(prefix="hf_lottery-ticket-")) / "ticket"
+    )
     save_ticket(mask, metadata, local, repo_id=repo_id)
     sparsity = mask_figures(mask)["__total__"]["sparsity"]
     try:
