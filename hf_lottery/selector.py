@@ -201,7 +201,7 @@ def _ranks(rows: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _row_targets(live_rows: torch.Tensor | None, shape: tuple[int, int], sparsity: float) -> torch.Tensor:
+def _row_targets(live_rows: torch.Tensor | None, shape: torch.Size, sparsity: float) -> torch.Tensor:
     """Weights pruned per output row: `round(sparsity * fan_in)`, or more where the current mask pruned more."""
     target = torch.full((shape[0],), round(sparsity * shape[1]), dtype=torch.int64)
     if live_rows is not None:
