@@ -45,7 +45,7 @@ def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_weights_(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy `weights` (from [`snapshot_weights`]) into `model` in place; every entry must exist with its shape."""
-    targets = dict(model.named_parameters())
+    targets: dict[str, torch.Tensor] = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     for name, value in weights.items():
         hint = "The saved weights come from another model: resume with the model the run started with."
