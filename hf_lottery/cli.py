@@ -19,6 +19,7 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
 )
+from transformers.hf_argparser import DataClassType
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging
 
@@ -314,6 +315,7 @@ def find_ticket(
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(task.name),
     )
+    assert args.output_dir is not None  # TrainingArguments.__post_init__ defaults it to "trainer_output"
     trainer.train(resume_from_checkpoint=resume_argument(args.resume_from_checkpoint, args.output_dir))
     save_outputs(trainer)
     print(format_history(trainer.lottery_history, trainer.lottery_metric()))
@@ -435,7 +437,7 @@ def speed(argv: list[str]) -> Any:
     """Run `hf-lottery speed`: print the Speed section (and write it with --write_card); returns the report."""
     if argv and not argv[0].startswith("-"):
         argv = ["--model_path", *argv]
-    (args,) = HfArgumentParser(SpeedArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(DataClassType(SpeedArguments)).parse_args_into_dataclasses(args=argv)
     threads = [t if t == "all" else int(t) for t in args.threads]
     model = load_for_speed(args.model_path)
     if args.reference == "unpruned":
