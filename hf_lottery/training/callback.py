@@ -272,6 +272,7 @@ class LotteryCallback(TrainerCallback):
     # -- helpers ----------------------------------------------------------------------------------------------
     def _due_level(self, state) -> int | None:
         """The level the run must prune to now (at a level boundary, not yet reached), or None."""
+        assert self._rounds is not None  # asked only in a pruning run, once on_train_begin set it up
         level = self._level + 1
         if state.global_step == 0 or level >= len(self._rounds.schedule):
             return None
@@ -280,20 +281,22 @@ class LotteryCallback(TrainerCallback):
         return None
 
     def _record_level(self, args, state, model) -> None:
+        rounds, ticket = self._rounds, self.ticket
+        assert rounds is not None and ticket is not None  # a pruning run, set up by on_train_begin
         start_step, started = self._level_start
         eval_step, metrics = self._last_eval
         losses = [e["loss"] for e in state.log_history if "loss" in e and start_step < e.get("step", -1)]
-        self._rounds.record(
+        rounds.record(
             self._level,
             model,
-            self.ticket,
+            ticket,
             metrics=metrics if start_step < eval_step <= state.global_step else {},
             train_loss=sum(losses) / len(losses) if losses else None,
             steps=state.global_step - start_step,
             total_steps=state.global_step,
             seconds=time.time() - started,
         )
-        self._rounds.write_history(args.output_dir, args.should_save, self.lottery_args.metric_for_best_model)
+        rounds.write_history(args.output_dir, args.should_save, self.lottery_args.metric_for_best_model)
 
     @staticmethod
     def _read_history(output_dir: str, global_step: int) -> list[dict[str, Any]]:
