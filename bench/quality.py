@@ -187,7 +187,18 @@ def study(opts) -> None:
     results["config"] = {
         k: v
         for k, v in vars(opts).items()
-        if k not in ("report", "methods", "dense_seeds", "threads", "name", "rounds", "repeat", "repeat_seeds")
+        if k
+        not in (
+            "report",
+            "methods",
+            "dense_seeds",
+            "threads",
+            "name",
+            "rounds",
+            "repeat",
+            "repeat_seeds",
+            "without_kd",
+        )
     }
     results["machine"] = machine()
 
@@ -237,11 +248,15 @@ def study(opts) -> None:
     for spec in opts.repeat:
         method, round_text = spec.split("=")
         repeat_round(method, int(round_text), cache, opts, parts, results, wait_for, save)
+    for spec in opts.without_kd:
+        method, round_text = spec.split("=")
+        repeat_round(method, int(round_text), cache, opts, parts, results, wait_for, save, distill=False)
     report(opts)
 
 
-def repeat_round(method, r, cache, opts, parts, results, wait_for, save) -> None:
-    """Retrain round `r` of `method`'s finished IMP run with other seeds: its mask, its starting weights."""
+def repeat_round(method, r, cache, opts, parts, results, wait_for, save, distill: bool = True) -> None:
+    """Retrain round `r` of `method`'s finished IMP run with other seeds: its mask, its starting weights (with
+    `distill=False`: once, seed 0, without distillation — what distillation adds to the same ticket)."""
     from safetensors.torch import load_file
 
     from hf_lottery.training.distillation import frozen_copy
@@ -251,20 +266,20 @@ def repeat_round(method, r, cache, opts, parts, results, wait_for, save) -> None
     wait_for(method)
     run = cache / method
     ticket = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))
-    for seed in opts.repeat_seeds:
-        key = f"{method}_round{r}_seed{seed}"
+    for seed in opts.repeat_seeds if distill else [0]:
+        key = f"{method}_round{r}_seed{seed}" if distill else f"{method}_round{r}_nokd"
         if key in results:
             continue
         model = parts[2]()
         if REWIND[method] != "pretrained":  # the round starts from the previous round's trained weights
             load_weights_(model, load_file(str(run / KEPT_WEIGHTS_DIR / f"trained_round_{r - 1}.safetensors")))
         teacher = None
-        if method in DISTILLED:
+        if method in DISTILLED and distill:
             dense = load_file(str(run / LOTTERY_STATE_DIR / TEACHER_NAME))
             teacher = frozen_copy(parts[2](), dense)
         out = cache / key
         start = time.time()
-        overrides = method_overrides(method, opts)
+        overrides = method_overrides(method, opts) if distill else {}
         overrides.update(rewind="pretrained", target_sparsity=round(ticket.sparsity, 10))
         largs = lottery_args(out, opts, 42 + seed, **overrides)
         hist = run_trainer(out, largs, parts, mask=ticket, model=model, teacher=teacher)
@@ -344,6 +359,10 @@ def collect(cache: Path, metric_names: list[str]) -> dict:
         r, seed = rest.split("_seed")
         record = _history(cache / key)[-1]
         table["repeats"].setdefault(f"{method}={r}", {})[seed] = _point(record, metric_names)
+    table["without_kd"] = {}
+    for key in sorted(k for k in results if k.endswith("_nokd")):
+        method, r = key.removesuffix("_nokd").rsplit("_round", 1)
+        table["without_kd"][f"{method}={r}"] = _point(_history(cache / key)[-1], metric_names)
     table["seconds"] = {k: v["seconds"] for k, v in results.items() if isinstance(v, dict) and "seconds" in v}
     return table
 
@@ -392,6 +411,21 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
             f"| {METHOD_LABELS[method]} | {100 * own['sparsity']:.0f} % | "
             + " | ".join(cells[:3])
             + f" | {100 * m:.2f} ± {100 * sd:.2f} | {'yes' if m >= mean - std else 'no'} |"
+        )
+    if table.get("without_kd"):
+        lines += [
+            "",
+            "The same tickets trained without distillation (same mask, starting weights and seed 0):",
+            "",
+            "| method | sparsity | with distillation | without |",
+            "|---|---:|---:|---:|",
+        ]
+    for spec, point in table.get("without_kd", {}).items():
+        method, r = spec.split("=")
+        own = [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][int(r) - 1]
+        lines.append(
+            f"| {METHOD_LABELS[method]} | {100 * own['sparsity']:.0f} % | {100 * own[metric]:.2f} | "
+            f"{100 * point[metric]:.2f} |"
         )
     return "\n".join(lines), {"mean": mean, "std": std, "highest_matching": highest, "repeated": repeated}
 
