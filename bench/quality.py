@@ -501,7 +501,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--methods",
-        nargs="+",
+        nargs="*",
         default=["pretrained", "lr", "finetune", "random"],
         choices=[*IMP_METHODS, *RETRAINED_FROM_THETA0],
     )
