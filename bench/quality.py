@@ -514,6 +514,9 @@ def main() -> None:
         "--repeat", nargs="*", default=[], metavar="METHOD=ROUND", help="retrain these rounds with --repeat-seeds"
     )
     parser.add_argument(
+        "--without-kd", nargs="*", default=[], metavar="METHOD=ROUND", help="retrain these rounds without distillation"
+    )
+    parser.add_argument(
         "--repeat-seeds", nargs="*", type=int, default=[1, 2], help="seeds (offsets from 42) of --repeat"
     )
     parser.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "quality"))
