@@ -464,7 +464,7 @@ def plot() -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), dpi=110, squeeze=False)
     for ax, (task, metric, table) in zip(axes[0], panels):
         summary = table["summary"][metric]
-        for (method, label), color in zip(METHOD_LABELS.items(), ("C0", "C1", "C2", "C3", "C4")):
+        for (method, label), color in zip(METHOD_LABELS.items(), ("C0", "C1", "C2", "C3", "C4", "C5", "C6")):
             rounds = table["methods"].get(method, [])
             style = {"marker": "o", "color": color, "label": label}
             if method == "lr-ticket":  # run at chosen levels only: points, no line from the shared dense point
