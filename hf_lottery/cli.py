@@ -21,6 +21,7 @@ from transformers import (
 )
 from transformers.hf_argparser import DataClassType
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import logging
 
 from glue_tasks import compute_metrics_fn, get_task, load_glue, load_recipe, sample_dataset_dir
@@ -288,6 +289,12 @@ def find_ticket(
             "label2id": {n: i for i, n in enumerate(task.label_names)},
         }
     )
+    # Seeded before the model is built, as transformers' run_glue.py does: a classification head the checkpoint
+    # lacks is initialised from the global RNG, and it is part of θ0.
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(model_args.model_name_or_path),
         num_labels=task.num_labels,

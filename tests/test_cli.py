@@ -147,6 +147,34 @@ def test_find_ticket_end_to_end_on_real_sst2_rows(tmp_path, model_dir, capsys):
     assert zeros / total >= 0.5
 
 
+def test_same_seed_same_ticket_whatever_the_global_rng_held(tmp_path, model_dir):
+    """A checkpoint without a classification head (as every Hub base model): the head the CLI initialises is part
+    of θ0, so it must come from `--seed`, not from whatever the process's RNG held."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import BertModel
+
+    from glue_tasks import sample_dataset_dir
+
+    base = tmp_path / "headless"
+    BertModel.from_pretrained(model_dir).save_pretrained(base)
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if (model_dir / name).is_file():
+            (base / name).write_bytes((model_dir / name).read_bytes())
+    runs = []
+    for rng_state in (1, 2):
+        torch.manual_seed(rng_state)  # another process: another global RNG state before the command
+        out = tmp_path / f"out{rng_state}"
+        flags = ["--task_name", "sst2", "--data_dir", str(sample_dataset_dir()), "--model_name_or_path", str(base)]
+        flags += ["--max_train_samples", "32", "--max_eval_samples", "16", "--max_seq_length", "32"]
+        flags += ["--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--target_sparsity", "0.5"]
+        flags += ["--pruning_rate", "0.5", "--output_dir", str(out), "--report_to", "none", "--save_strategy", "no"]
+        assert main(["find-ticket", *flags, "--disable_tqdm", "true"]) == 0
+        runs.append(load_file(str(out / "model" / "model.safetensors")))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 @pytest.mark.parametrize("branch", ["random_prune", "random_reinit", "transfer"])
 def test_branches_from_the_command_line(tmp_path, model_dir, branch):
     from transformers import AutoModelForSequenceClassification
