@@ -40,10 +40,12 @@ def trial(opts) -> dict:
     from _common import minilm_classifier
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.trainer_utils import set_seed
 
     from glue_tasks import get_task, load_glue
 
     torch.set_num_threads(opts.threads)
+    set_seed(42)  # before the model: its new classification head comes from the global RNG
     model, _ = minilm_classifier()
     tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
     data = load_glue(get_task("sst2"), data_dir=opts.glue_dir, splits=["train"], max_samples=opts.samples, seed=0)
