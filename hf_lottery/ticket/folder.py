@@ -58,13 +58,14 @@ def write_ticket_files(
     repo_id: str | None,
     create_card: bool,
     has_weights: bool,
-) -> None:
-    """Write the ticket files into `folder` (a fresh temporary folder), the config last."""
+) -> str:
+    """Write the ticket files into `folder` (a fresh temporary folder), the config last; returns the mask's sha256."""
     config = TicketConfig.from_metadata(metadata).for_mask(mask)
     config.hf_lottery_version = __version__
     config.format_version = TICKET_FORMAT_VERSION
     save_masks(folder / TICKET_MASK_NAME, mask)
-    config.mask_sha256 = file_sha256(folder / TICKET_MASK_NAME)
+    mask_sha256 = file_sha256(folder / TICKET_MASK_NAME)
+    config.mask_sha256 = mask_sha256
     title = plot_title(config.task, config.base_model_name_or_path)
     plotted = bool(config.history) and plot_history(folder / SPARSITY_PLOT_NAME, config.history, config.metric, title)
     if create_card:
@@ -74,6 +75,7 @@ def write_ticket_files(
         (folder / TICKET_CARD_NAME).write_text(str(card), encoding="utf-8")
     config.files_sha256 = {name: file_sha256(folder / name) for name in COMMITTED_FILES if (folder / name).is_file()}
     write_json(folder / TICKET_CONFIG_NAME, config.to_dict())
+    return mask_sha256
 
 
 def save_ticket(
@@ -90,16 +92,18 @@ def save_ticket(
     if not is_main_process:
         return target
     with staging_folder(target) as staging:
-        write_ticket_files(mask, metadata, staging, repo_id=repo_id, create_card=create_card, has_weights=False)
+        mask_sha256 = write_ticket_files(
+            mask, metadata, staging, repo_id=repo_id, create_card=create_card, has_weights=False
+        )
         remove = () if create_card else (TICKET_CARD_NAME,)
         commit_folder(staging, target, remove=remove + (SPARSITY_PLOT_NAME,), last=TICKET_CONFIG_NAME)
     sparsity = mask_figures(mask)["__total__"]["sparsity"]
-    record_in_adapter_config(target, sparsity)
+    record_in_adapter_config(target, sparsity, mask_sha256)
     logger.info("Ticket saved in %s (%d tensors, sparsity %.2f%%).", target, len(mask), 100 * sparsity)
     return target
 
 
-def record_in_adapter_config(folder: Path, sparsity: float) -> None:
+def record_in_adapter_config(folder: Path, sparsity: float, mask_sha256: str) -> None:
     """Record the ticket in the `adapter_config.json` of a peft adapter saved in the same folder, if there is one.
 
     An adapter trained over a ticket computes its trained function only over the ticket's sparse base, so the
@@ -120,7 +124,7 @@ def record_in_adapter_config(folder: Path, sparsity: float) -> None:
     adapter_config[ADAPTER_TICKET_KEY] = {
         "ticket_config": TICKET_CONFIG_NAME,
         "ticket_mask": TICKET_MASK_NAME,
-        "mask_sha256": file_sha256(folder / TICKET_MASK_NAME),
+        "mask_sha256": mask_sha256,
         "sparsity": sparsity,
         "hf_lottery_version": __version__,
         "load_with": "hf_lottery.load_peft_ticket(base_model, <this folder>)",
