@@ -38,6 +38,7 @@ from transformers import TrainerCallback
 from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_pruning_like
 from hf_lottery.constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, TEACHER_NAME
 from hf_lottery.training.run_state import RUN_SETTINGS_NAME
+from hf_lottery.utils.io import atomic_path
 
 IMP_METHODS = ("pretrained", "lr", "finetune", "pretrained-kd", "lr-kd")
 REWIND = {"pretrained": "pretrained", "lr": "lr", "finetune": "none", "pretrained-kd": "pretrained", "lr-kd": "lr"}
@@ -119,8 +120,8 @@ class KeepTrainedRounds(TrainerCallback):
         keep.mkdir(exist_ok=True)
         for path in (self.out / LOTTERY_STATE_DIR).glob("trained_round_*.safetensors"):
             if not (keep / path.name).exists():
-                shutil.copyfile(path, keep / (path.name + ".tmp"))
-                os.replace(keep / (path.name + ".tmp"), keep / path.name)
+                with atomic_path(keep / path.name) as tmp:
+                    shutil.copyfile(path, tmp)
 
 
 def run_trainer(
