@@ -14,14 +14,26 @@ its measured speed-up over the dense fp32 model at batch 1 and 32 (all threads) 
 each run is the dense model. The table marks the Pareto front (no other point has a higher metric and a higher
 batch-32 speed-up) and the matching threshold (dense mean - 1 std over the seeds).
 
-Resumable: every finished (run, seed, round) point is appended to `<output-dir>/points.jsonl` and skipped when the
-script is run again; a killed lottery run continues from its last finished round (`resume_from_checkpoint=True`).
+Resumable: every finished (run, seed, round) point is appended to `<output-dir>/<task>/points.jsonl` and skipped
+when the script is run again; a killed lottery run continues from its last finished round
+(`resume_from_checkpoint=True`).
+
+Timings need a machine doing nothing else, but training runs best as one process per core. So by default
+(`--timing later`) the pareto part only evaluates each round's export and saves it (fp32, `export_for_cpu`) under the
+run's folder; part `timing`, run afterwards alone, times every saved export (fp32 and int8) against the dense model
+and appends the figures to `<output-dir>/<task>/timings.jsonl`. `--timing inline` times inside the training process.
+Each record carries the load average before and after.
 
     python bench/speed_tickets.py --part backends --output-dir bench/speed_tickets
-    python bench/speed_tickets.py --part pareto --task sst2 --output-dir bench/speed_tickets   # 8,000 x 2 epochs
-    python bench/speed_tickets.py --part pareto --task mrpc --output-dir bench/speed_tickets   # full, 3 epochs
+    python bench/speed_tickets.py --part pareto --task sst2 --runs structured+kd \
+        --distill distill_alpha=0.5 distill_temperature=2            # 8,000 x 2 epochs; one process per core
+    python bench/speed_tickets.py --part pareto --task mrpc          # full, 3 epochs
+    python bench/speed_tickets.py --part timing --task sst2          # alone on the machine
+    python bench/speed_tickets.py --part report --task sst2 --dense-reference bench/quality_sst2-8k-kd_results.json
 
-Timings need a machine doing nothing else: each record carries the load average before and after.
+The training data are the same subsample as `bench/quality.py` (`--data-seed 0`), so the dense model of round 0
+(seed 0) repeats that study's seed-0 dense run and its 3-seed dense baseline can serve as the matching threshold
+(`--dense-reference`).
 """
 
 from __future__ import annotations
@@ -60,7 +72,7 @@ RUNS = ("structured", "structured+kd", "unstructured")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["backends", "pareto"], required=True)
+    p.add_argument("--part", choices=["backends", "pareto", "timing", "report"], required=True)
     p.add_argument("--output-dir", default="bench/speed_tickets", help="points.jsonl, runs and reports go here")
     p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2 from its package)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length of the timings")
@@ -77,9 +89,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=-1, help="steps per round (smoke runs)")
     p.add_argument("--max-seq-length", type=int, default=128, help="truncation of the training data")
     p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[42])
-    p.add_argument("--structured-target", type=float, default=0.625, help="fraction of heads and neurons removed")
-    p.add_argument("--structured-rate", type=float, default=0.125, help="fraction removed per round")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the training subsample (bench/quality.py: 0)")
+    p.add_argument("--sampling", default="group_by_length", help="train_sampling_strategy of every run")
+    p.add_argument("--timing", choices=["later", "inline"], default="later", help="time in part `timing`, or now")
+    p.add_argument(
+        "--dense-reference",
+        default=None,
+        help="a bench/quality.py results JSON whose dense runs (same task and budget) give the matching threshold",
+    )
+    p.add_argument("--structured-target", type=float, default=0.6, help="fraction of heads and neurons removed")
+    p.add_argument("--structured-rate", type=float, default=0.2, help="fraction of the original removed per round")
     p.add_argument("--structured-scoring", default="first_order")
     p.add_argument("--unstructured-target", type=float, default=0.6)
     p.add_argument("--unstructured-rate", type=float, default=0.2)
@@ -210,8 +230,29 @@ def evaluate(model: nn.Module, dataset, collator, metric_fn, batch_size: int = 6
     return metric_fn(EvalPrediction(predictions=torch.cat(logits).numpy(), label_ids=torch.cat(labels).numpy()))
 
 
+EXPORTS_DIR = "exports"
+
+
+def export_dir(out_dir: Path, run: str, seed: int, round_index: int) -> Path:
+    return out_dir / f"{run}-seed{seed}" / EXPORTS_DIR / f"round-{round_index}"
+
+
+def time_export(exported: nn.Module, dense: nn.Module, args: argparse.Namespace, threads) -> list[dict[str, Any]]:
+    report = measure_speed(
+        exported,
+        reference=dense,
+        batch_sizes=args.batch_sizes,
+        seq_len=args.seq_len,
+        threads=threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    return [vars(f) for f in report.figures]
+
+
 class RoundPoints(TrainerCallback):
-    """At the end of each lottery round: export the round's model in fp32 and int8, evaluate, time, record."""
+    """At the end of each lottery round: export the round's model in fp32 and int8, evaluate, and time the two now
+    (`--timing inline`) or save the fp32 export for part `timing` (`--timing later`)."""
 
     def __init__(self, run: str, seed: int, dense: nn.Module, dev, collator, metric_fn, out: Path, args, done: set):
         self.run, self.seed, self.dense, self.dev = run, seed, dense, dev
@@ -229,32 +270,61 @@ class RoundPoints(TrainerCallback):
         model = trainer.accelerator.unwrap_model(model)
         point: dict[str, Any] = {"run": self.run, "seed": self.seed, "round": round_index, **conditions(self.args)}
         point["sparsity"] = mask.sparsity if mask is not None else 0.0
+        point["train_seconds"] = state.log_history[-1].get("train_runtime") if state.log_history else None
         for quantize in (None, "int8"):
             name = quantize or "fp32"
             # Unstructured tickets keep dense shapes: no compaction, the zeros are multiplied like any weight.
-            exported = export_for_cpu(model, mask=mask if structured else None, quantize=quantize)
-            point[f"metrics_{name}"] = evaluate(exported, self.dev, self.collator, self.metric_fn)
-            report = measure_speed(
-                exported,
-                reference=self.dense,
-                batch_sizes=self.args.batch_sizes,
-                seq_len=self.args.seq_len,
-                threads=["all"],
-                repeats=self.args.repeats,
-                warmup=self.args.warmup,
+            folder = None
+            if quantize is None and self.args.timing == "later":
+                folder = export_dir(self.out.parent, self.run, self.seed, round_index)
+                point["export"] = str(folder)
+            exported = export_for_cpu(
+                model, folder, mask=mask if structured else None, quantize=quantize, tokenizer=None
             )
-            point[f"speed_{name}"] = [vars(f) for f in report.figures]
+            point[f"metrics_{name}"] = evaluate(exported, self.dev, self.collator, self.metric_fn)
+            if self.args.timing == "inline":
+                point[f"speed_{name}"] = time_export(exported, self.dense, self.args, ["all"])
             if quantize is None and structured:
                 point["structure"] = structure_counts(exported)
         point["load_average_after"] = load_average()
         append_point(self.out, point)
         self.done.add(key)
-        fp32 = point["speed_fp32"][-1]
         print(
             f"[{self.run} seed {self.seed} round {round_index}] sparsity {point['sparsity']:.3f} "
-            f"fp32 {point['metrics_fp32']} int8 {point['metrics_int8']} b{fp32['batch_size']} x{fp32['speedup']:.2f}",
+            f"fp32 {point['metrics_fp32']} int8 {point['metrics_int8']}",
             flush=True,
         )
+
+
+def timing_part(args: argparse.Namespace) -> None:
+    """Time every saved export of the task (fp32 and int8) against the dense fp32 model, alone on the machine."""
+    from hf_lottery import load_for_cpu
+
+    out_dir = Path(args.output_dir) / args.task
+    timings_path = out_dir / "timings.jsonl"
+    timed = {(t["run"], t["seed"], t["round"]) for t in read_points(timings_path)}
+    points = [p for p in read_points(out_dir / "points.jsonl") if "export" in p]
+    dense, _ = load_model(args)
+    dense.eval()
+    for p in points:
+        key = (p["run"], p["seed"], p["round"])
+        if key in timed:
+            continue
+        started = conditions(args)
+        fp32 = load_for_cpu(p["export"])
+        record: dict[str, Any] = {"run": p["run"], "seed": p["seed"], "round": p["round"], **started}
+        record["speed_fp32"] = time_export(fp32, dense, args, threads_of(args))
+        int8 = export_for_cpu(fp32, quantize="int8")
+        record["speed_int8"] = time_export(int8, dense, args, threads_of(args))
+        record["load_average_after"] = load_average()
+        append_point(timings_path, record)
+        timed.add(key)
+        shown = ", ".join(
+            f"{name} t{f['threads']} b{f['batch_size']} x{f['speedup']:.2f}"
+            for name in ("fp32", "int8")
+            for f in record[f"speed_{name}"]
+        )
+        print(f"[{p['run']} seed {p['seed']} round {p['round']}] {shown}", flush=True)
 
 
 def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir: Path) -> LotteryArguments | str:
@@ -267,6 +337,7 @@ def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir:
         num_train_epochs=args.epochs if args.epochs is not None else budget["epochs"],
         max_steps=args.max_steps,
         warmup_steps=0.1,
+        train_sampling_strategy=args.sampling,
         rewind=args.rewind,
         save_strategy="epoch",
         save_total_limit=1,
@@ -284,6 +355,7 @@ def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir:
             structured_scoring=args.structured_scoring,
             target_sparsity=args.structured_target,
             pruning_rate=args.structured_rate,
+            pruning_rate_of="original",
         )
     else:
         common.update(target_sparsity=args.unstructured_target, pruning_rate=args.unstructured_rate)
@@ -319,7 +391,7 @@ def pareto_part(args: argparse.Namespace) -> None:
             max_train_samples=train_size,
             max_eval_samples=args.eval_size,
         )
-        task, train, dev = build_datasets(data_args, tokenizer, seed)
+        task, train, dev = build_datasets(data_args, tokenizer, args.data_seed)
         collator = DataCollatorWithPadding(tokenizer)
         metric_fn = compute_metrics_fn(task.name)
         for run in args.runs:
@@ -347,7 +419,19 @@ def pareto_part(args: argparse.Namespace) -> None:
             callback.trainer = trainer
             resume = (run_dir / "lottery_state").exists()
             trainer.train(resume_from_checkpoint=True if resume else None)
-    write_report(args, read_points(points_path), out_dir / "pareto.md")
+    write_report(args, merged_points(out_dir), out_dir / "pareto.md")
+
+
+def merged_points(out_dir: Path) -> list[dict[str, Any]]:
+    """The recorded points, each with its figures from part `timing` where the pareto part did not time it."""
+    timings = {(t["run"], t["seed"], t["round"]): t for t in read_points(out_dir / "timings.jsonl")}
+    points = []
+    for p in read_points(out_dir / "points.jsonl"):
+        t = timings.get((p.get("run"), p.get("seed"), p.get("round")))
+        if t is not None and "speed_fp32" not in p:
+            p = {**p, "speed_fp32": t["speed_fp32"], "speed_int8": t["speed_int8"], "timing_load": t["load_average"]}
+        points.append(p)
+    return points
 
 
 def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: Path) -> None:
@@ -356,8 +440,14 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
     if not rows:
         return
     metric = next(iter(rows[0]["metrics_fp32"]))  # accuracy for SST-2 and MRPC
-    dense = [p["metrics_fp32"][metric] for p in rows if p["round"] == 0 and p["run"] == "structured"]
-    dense = dense or [p["metrics_fp32"][metric] for p in rows if p["round"] == 0]
+    if args.dense_reference:
+        reference = json.loads(Path(args.dense_reference).read_text(encoding="utf-8"))
+        dense = [run[metric] for name, run in sorted(reference["dense"].items())]
+        dense_source = f"`{args.dense_reference}` (bench/quality.py, same budget)"
+    else:
+        dense = [p["metrics_fp32"][metric] for p in rows if p["round"] == 0 and p["run"] == "structured"]
+        dense = dense or [p["metrics_fp32"][metric] for p in rows if p["round"] == 0]
+        dense_source = "round 0 of the runs"
     threshold = statistics.mean(dense) - (statistics.stdev(dense) if len(dense) > 1 else 0.0)
     small, big = min(args.batch_sizes), max(args.batch_sizes)
     table = []
@@ -370,7 +460,10 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
             else "–"
         )
         for name in ("fp32", "int8"):
-            speed = {f["batch_size"]: f for f in p[f"speed_{name}"]}
+            figures = p.get(f"speed_{name}", [])
+            most = max((f["threads"] for f in figures), default=None)
+            speed = {f["batch_size"]: f for f in figures if f["threads"] == most}
+            one = {f["batch_size"]: f for f in figures if f["threads"] == 1}
             table.append(
                 {
                     "series": f"{p['run']} {name}",
@@ -382,7 +475,10 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
                     "small": speed.get(small, {}).get("speedup"),
                     "big": speed.get(big, {}).get("speedup"),
                     "ideal": speed.get(big, {}).get("flop_ideal"),
-                    "load": p.get("load_average"),
+                    "small1": one.get(small, {}).get("speedup"),
+                    "big1": one.get(big, {}).get("speedup"),
+                    "threads": most,
+                    "load": p.get("timing_load", p.get("load_average")),
                 }
             )
     for row in table:
@@ -399,21 +495,21 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
     lines = [
         f"# Speed tickets: {args.task}",
         "",
-        f"Dense {metric}: {fmt(statistics.mean(dense), '.4f')} over {len(dense)} seed(s); matching threshold (mean - "
-        f"1 std) {fmt(threshold, '.4f')}. Speed-ups against the dense fp32 model, all threads, sequence "
-        f"{args.seq_len}; removed = heads / FFN neurons taken out. * = Pareto front ({metric} vs batch-{big} "
-        "speed-up).",
+        f"Dense {metric}: {fmt(statistics.mean(dense), '.4f')} ± {fmt(statistics.stdev(dense) if len(dense) > 1 else 0.0, '.4f')} "
+        f"over {len(dense)} seed(s), from {dense_source}; matching threshold (mean - 1 std) {fmt(threshold, '.4f')}. "
+        f"Speed-ups against the dense fp32 model at sequence {args.seq_len}, with all threads and with 1 thread; "
+        f"removed = heads / FFN neurons taken out. * = Pareto front ({metric} vs batch-{big} speed-up, all threads).",
         "",
-        f"| Model | Seed | Sparsity | Removed | {metric} | Matches | Batch {small} | Batch {big} | FLOP ideal | "
-        "Load avg | Front |",
-        "|-------|-----:|---------:|--------:|-------:|:-------:|--------:|---------:|-----------:|---------:|:-----:|",
+        f"| Model | Seed | Sparsity | Removed | {metric} | Matches | b{small} | b{big} | b{small} 1 thr | b{big} 1 thr | "
+        "FLOP ideal | Load avg | Front |",
+        "|-------|-----:|---------:|--------:|-------:|:-------:|-----:|-----:|-----:|-----:|-----:|-----:|:-----:|",
     ]
-    for r in sorted(table, key=lambda r: (-(r["big"] or 0), -r["metric"])):
+    for r in sorted(table, key=lambda r: (r["series"], r["sparsity"])):
         load = fmt(r["load"][0]) if r["load"] else "–"
         lines.append(
             f"| {r['model']} | {r['seed']} | {100 * r['sparsity']:.1f}% | {r['removed']} | {r['metric']:.4f} | "
             f"{'yes' if r['metric'] >= threshold else 'no'} | {fmt(r['small'])}× | {fmt(r['big'])}× | "
-            f"{fmt(r['ideal'])}× | {load} | {'*' if r['pareto'] else ''} |"
+            f"{fmt(r['small1'])}× | {fmt(r['big1'])}× | {fmt(r['ideal'])}× | {load} | {'*' if r['pareto'] else ''} |"
         )
     skipped = [p for p in points if "skipped" in p]
     if skipped:
@@ -446,8 +542,13 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(conditions(args)), flush=True)
     if args.part == "backends":
         backends_part(args)
-    else:
+    elif args.part == "pareto":
         pareto_part(args)
+    elif args.part == "timing":
+        timing_part(args)
+    else:
+        out_dir = Path(args.output_dir) / args.task
+        write_report(args, merged_points(out_dir), out_dir / "pareto.md")
 
 
 if __name__ == "__main__":
