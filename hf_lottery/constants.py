@@ -42,5 +42,7 @@ STRUCTURED_MODELING_FILE = "modeling_structured_pruning.py"
 
 # CPU export (`hf_lottery.export_for_cpu`): a `save_pretrained` folder plus these two files.
 CPU_EXPORT_CONFIG_NAME = "cpu_export.json"  # how to rebuild the exported model (quantization, backend, modules)
-CPU_EXPORT_FORMAT_VERSION = 1  # version of cpu_export.json; readers refuse newer ones
+# Version of cpu_export.json; readers refuse newer ones. 2: `weight_scales` recorded (version 1 meant per-tensor
+# torch.ao scales), so that a reader that predates it cannot silently re-quantize another way.
+CPU_EXPORT_FORMAT_VERSION = 2
 SPEED_FIGURES_NAME = "speed.json"  # the figures of `measure_speed`, also shown in the card's "Speed" section

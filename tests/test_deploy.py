@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from hf_lottery.cli import main as cli_main
 from hf_lottery.cli import speed as cli_speed
 from hf_lottery.constants import CPU_EXPORT_CONFIG_NAME, SPEED_FIGURES_NAME, TICKET_CARD_NAME
 from hf_lottery.deploy import available_backends, read_export_config, unpruned_reference
-from hf_lottery.deploy.quantize import resolve_backend
+from hf_lottery.deploy.quantize import quantize_linears_, resolve_backend
 from hf_lottery.structured import encoder_matmul_flops
 from hf_lottery.structured.imp import compact_by_mask, prune_structured
 from hf_lottery.testing_utils import tiny_model
@@ -125,6 +126,68 @@ def test_save_and_load_round_trip(tmp_path, quantize):
     assert ("bert.encoder.layer.0.attention.self.query" in config["modules"]) == (quantize is not None)
 
 
+def test_int8_weight_scales_are_per_channel_and_recorded(tmp_path):
+    model, mask = structured_ticket()
+    export_for_cpu(model, tmp_path / "export", mask=mask)
+    config = json.loads((tmp_path / "export" / CPU_EXPORT_CONFIG_NAME).read_text())
+    assert config["weight_scales"] == "per_channel" and config["format_version"] == 2
+    fp32 = export_for_cpu(model, tmp_path / "fp32", mask=mask, quantize=None)
+    assert json.loads((tmp_path / "fp32" / CPU_EXPORT_CONFIG_NAME).read_text())["weight_scales"] is None
+    assert all(type(m) is nn.Linear for m in fp32.modules() if "Linear" in type(m).__name__)
+
+
+class _UnevenRows(nn.Module):
+    """One Linear whose output channels span three orders of magnitude, as fine-tuned FFN rows can."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(64, 64)
+        with torch.no_grad():
+            self.linear.weight.mul_(torch.logspace(-2, 1, 64).unsqueeze(1))
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_channel_scales_keep_small_rows(backend):
+    torch.manual_seed(0)
+    fp32, x = _UnevenRows().eval(), torch.randn(8, 64)
+    expected = fp32(x)
+    errors = {}
+    for scales in ("per_channel", "per_tensor"):
+        if backend == "torchao" and scales == "per_tensor":
+            with pytest.raises(ValueError, match="per_tensor"):
+                quantize_linears_(copy.deepcopy(fp32), ["linear"], backend, scales)
+            continue
+        int8 = copy.deepcopy(fp32)
+        quantize_linears_(int8, ["linear"], backend, scales)
+        # Relative error of the smallest tenth of the channels: a per-tensor scale rounds them to few levels.
+        small = slice(0, 6)
+        errors[scales] = ((int8(x) - expected)[:, small].norm() / expected[:, small].norm()).item()
+    assert errors["per_channel"] < 0.05
+    if "per_tensor" in errors:
+        assert errors["per_tensor"] > 5 * errors["per_channel"]
+    with pytest.raises(ValueError, match="weight_scales"):
+        quantize_linears_(copy.deepcopy(fp32), ["linear"], backend, "per_row")
+
+
+@pytest.mark.skipif("torch.ao" not in BACKENDS, reason="needs torch.ao.quantization")
+def test_version_1_export_is_requantized_per_tensor(tmp_path):
+    """An export written before `weight_scales` was recorded loads as it was made: torch.ao, one scale per tensor."""
+    model, mask = structured_ticket()
+    per_tensor = export_for_cpu(model, tmp_path / "export", mask=mask, backend="torch.ao", weight_scales="per_tensor")
+    per_channel = export_for_cpu(model, mask=mask, backend="torch.ao")
+    path = tmp_path / "export" / CPU_EXPORT_CONFIG_NAME
+    config = json.loads(path.read_text())
+    assert config["weight_scales"] == "per_tensor"
+    del config["weight_scales"]
+    path.write_text(json.dumps({**config, "format_version": 1}))
+    loaded = load_for_cpu(tmp_path / "export")
+    assert torch.equal(outputs(loaded)[0], outputs(per_tensor)[0])
+    assert not torch.equal(outputs(loaded)[0], outputs(per_channel)[0])
+
+
 @pytest.mark.skipif(len(BACKENDS) < 2, reason="needs both int8 backends")
 def test_torch_dropping_the_deprecated_api(tmp_path, monkeypatch, caplog):
     model, mask = structured_ticket()
@@ -157,6 +220,16 @@ BAD_EXPORT_CONFIGS = {
         {"format_version": 1, "quantize": "int8", "backend": "os.system", "architecture": "X"}
     ),
     "int8 without backend": json.dumps({"format_version": 1, "quantize": "int8", "modules": [], "architecture": "X"}),
+    "unknown weight scales": json.dumps(
+        {
+            "format_version": 2,
+            "quantize": "int8",
+            "backend": "torch.ao",
+            "weight_scales": "per_row",
+            "modules": [],
+            "architecture": "X",
+        }
+    ),
     "modules not strings": json.dumps(
         {"format_version": 1, "quantize": "int8", "backend": "torch.ao", "modules": [1], "architecture": "X"}
     ),

@@ -46,6 +46,7 @@ from ..utils.io import atomic_path, write_json
 from .quantize import (
     BACKENDS,
     QUANTIZATIONS,
+    WEIGHT_SCALES,
     available_backends,
     quantizable_linears,
     quantize_linears_,
@@ -120,6 +121,7 @@ def export_for_cpu(
     quantize: str | None = "int8",
     backend: str = "auto",
     modules: Iterable[str] | None = None,
+    weight_scales: str = "per_channel",
     reference: nn.Module | None = None,
     measure: bool = False,
     speed: SpeedReport | Mapping[str, Any] | None = None,
@@ -147,6 +149,9 @@ def export_for_cpu(
         modules (`Iterable[str]`, *optional*):
             Regexes over module names selecting the Linears to quantize; default every `nn.Linear` (the encoder, the
             pooler and the task head).
+        weight_scales (`str`, *optional*, defaults to `"per_channel"`):
+            One int8 scale per output channel of each weight, or `"per_tensor"` (torch.ao only; less accurate:
+            see `hf_lottery.deploy.quantize`).
         reference (`nn.Module`, *optional*):
             The model to compare with when `measure=True`, typically the dense fine-tuned model.
         measure (`bool`, *optional*, defaults to `False`):
@@ -177,7 +182,7 @@ def export_for_cpu(
         used = resolve_backend(backend)
         # The fp32 compacted model is what gets saved; quantize a copy.
         exported = copy.deepcopy(compacted) if save_directory is not None else compacted
-        quantize_linears_(exported, names, used)
+        quantize_linears_(exported, names, used, weight_scales)
     report: SpeedReport | None = None
     if measure:
         report = measure_speed(exported, reference=reference, **dict(speed_kwargs or {}))
@@ -200,6 +205,7 @@ def export_for_cpu(
                 "architecture": type(compacted).__name__,
                 "quantize": quantize,
                 "backend": used,
+                "weight_scales": weight_scales if quantize else None,
                 "modules": names,
             },
         )
@@ -291,6 +297,12 @@ def read_export_config(folder: str | os.PathLike, model: nn.Module | None = None
         raise ValueError(f"{path}: 'modules' must be a list of module names.")
     if data["quantize"] and data.get("backend") is None:
         raise ValueError(f"{path}: 'backend' is required when 'quantize' is set.")
+    if version == 1:  # written before weight scales were recorded: torch.ao then scaled per tensor
+        data["weight_scales"] = (
+            ("per_tensor" if data["backend"] == "torch.ao" else "per_channel") if data["quantize"] else None
+        )
+    if data["quantize"] and data.get("weight_scales") not in WEIGHT_SCALES:
+        raise ValueError(f"{path}: 'weight_scales' must be one of {WEIGHT_SCALES}, got {data.get('weight_scales')!r}.")
     if not isinstance(data.get("architecture"), str):
         raise ValueError(f"{path}: 'architecture' must be a model class name.")
     if model is not None:
@@ -352,5 +364,7 @@ def load_for_cpu(
                 "match the export within the int8 tolerance, not bit for bit)."
             )
             wanted = fallback
-        quantize_linears_(model, config["modules"], wanted)
+        # torchao scales per channel only; a per-tensor export re-quantized by it matches within the int8 tolerance.
+        scales = config["weight_scales"] if wanted == "torch.ao" else "per_channel"
+        quantize_linears_(model, config["modules"], wanted, scales)
     return model
