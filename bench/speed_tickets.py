@@ -39,6 +39,7 @@ The training data are the same subsample as `bench/quality.py` (`--data-seed 0`)
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -304,8 +305,20 @@ def timing_part(args: argparse.Namespace) -> None:
     timings_path = out_dir / "timings.jsonl"
     timed = {(t["run"], t["seed"], t["round"]) for t in read_points(timings_path)}
     points = [p for p in read_points(out_dir / "points.jsonl") if "export" in p]
-    dense, _ = load_model(args)
+    dense, model_path = load_model(args)
     dense.eval()
+    # The int8 model timed here is evaluated again: its weight scales are this hf_lottery's (per-channel since
+    # cpu_export.json format 2), which may not be those the training process evaluated.
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data_args = DataArguments(
+        task_name=args.task,
+        data_dir=args.glue_dir,
+        max_seq_length=args.max_seq_length,
+        max_train_samples=1,
+        max_eval_samples=args.eval_size,
+    )
+    task, _, dev = build_datasets(data_args, tokenizer, args.data_seed)
+    collator, metric_fn = DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
     for p in points:
         key = (p["run"], p["seed"], p["round"])
         if key in timed:
@@ -317,6 +330,8 @@ def timing_part(args: argparse.Namespace) -> None:
         int8 = export_for_cpu(fp32, quantize="int8")
         record["speed_int8"] = time_export(int8, dense, args, threads_of(args))
         record["load_average_after"] = load_average()
+        record["metrics_int8"] = evaluate(int8, dev, collator, metric_fn)
+        record["weight_scales"] = inspect.signature(export_for_cpu).parameters["weight_scales"].default
         append_point(timings_path, record)
         timed.add(key)
         shown = ", ".join(
@@ -430,6 +445,8 @@ def merged_points(out_dir: Path) -> list[dict[str, Any]]:
         t = timings.get((p.get("run"), p.get("seed"), p.get("round")))
         if t is not None and "speed_fp32" not in p:
             p = {**p, "speed_fp32": t["speed_fp32"], "speed_int8": t["speed_int8"], "timing_load": t["load_average"]}
+            if "metrics_int8" in t:  # the int8 model that was timed, with this version's weight scales
+                p = {**p, "metrics_int8_trained_process": p["metrics_int8"], "metrics_int8": t["metrics_int8"]}
         points.append(p)
     return points
 
