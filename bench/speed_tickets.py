@@ -489,6 +489,7 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
                     "sparsity": p["sparsity"],
                     "removed": removed,
                     "metric": p[f"metrics_{name}"][metric],
+                    "per_tensor": p.get("metrics_int8_trained_process", {}).get(metric) if name == "int8" else None,
                     "small": speed.get(small, {}).get("speedup"),
                     "big": speed.get(big, {}).get("speedup"),
                     "ideal": speed.get(big, {}).get("flop_ideal"),
@@ -517,14 +518,15 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
         f"Speed-ups against the dense fp32 model at sequence {args.seq_len}, with all threads and with 1 thread; "
         f"removed = heads / FFN neurons taken out. * = Pareto front ({metric} vs batch-{big} speed-up, all threads).",
         "",
-        f"| Model | Seed | Sparsity | Removed | {metric} | Matches | b{small} | b{big} | b{small} 1 thr | b{big} 1 thr | "
-        "FLOP ideal | Load avg | Front |",
-        "|-------|-----:|---------:|--------:|-------:|:-------:|-----:|-----:|-----:|-----:|-----:|-----:|:-----:|",
+        f"| Model | Seed | Sparsity | Removed | {metric} | per-tensor int8 | Matches | b{small} | b{big} | b{small} 1 thr | "
+        f"b{big} 1 thr | FLOP ideal | Load avg | Front |",
+        "|-------|-----:|---------:|--------:|-------:|-----:|:-------:|-----:|-----:|-----:|-----:|-----:|-----:|:-----:|",
     ]
     for r in sorted(table, key=lambda r: (r["series"], r["sparsity"])):
         load = fmt(r["load"][0]) if r["load"] else "–"
         lines.append(
             f"| {r['model']} | {r['seed']} | {100 * r['sparsity']:.1f}% | {r['removed']} | {r['metric']:.4f} | "
+            f"{fmt(r['per_tensor'], '.4f')} | "
             f"{'yes' if r['metric'] >= threshold else 'no'} | {fmt(r['small'])}× | {fmt(r['big'])}× | "
             f"{fmt(r['small1'])}× | {fmt(r['big1'])}× | {fmt(r['ideal'])}× | {load} | {'*' if r['pareto'] else ''} |"
         )
