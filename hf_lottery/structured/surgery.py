@@ -91,7 +91,9 @@ def _prune(model: PreTrainedModel, request: Mapping[int, Iterable[int]], kind: s
     record = {layer: sorted(getattr(block, attr)) for layer, block in enumerate(blocks) if getattr(block, attr, None)}
     setattr(model.config, attr, record)
     n = sum(len(v) for v in clean.values())
-    logger.info(f"Removed {n} {kind}(s) from {len(clean)} layer(s); {kind}s removed so far per layer: {record}.")
+    # Counts, not indices: a neuron list runs to thousands of numbers (the indices are in config.json).
+    so_far = {layer: f"{len(v)}/{total}" for layer, v in record.items()}
+    logger.info(f"Removed {n} {kind}(s) from {len(clean)} layer(s); {kind}s removed so far per layer: {so_far}.")
     return model
 
 
