@@ -202,19 +202,10 @@ def backends_part(args: argparse.Namespace) -> None:
 
 def record(out: Path, what: str, backend: str, model: nn.Module, reference: nn.Module, args) -> None:
     started = conditions(args)
-    report = measure_speed(
-        model,
-        reference=reference,
-        batch_sizes=args.batch_sizes,
-        seq_len=args.seq_len,
-        threads=threads_of(args),
-        repeats=args.repeats,
-        warmup=args.warmup,
-    )
-    point = {"what": what, "backend": backend, **started, "load_average_after": load_average()}
-    point["figures"] = [vars(f) for f in report.figures]
+    figures = time_export(model, reference, args, threads_of(args))
+    point = {"what": what, "backend": backend, **started, "load_average_after": load_average(), "figures": figures}
     append_point(out, point)
-    shown = ", ".join(f"t{f.threads} b{f.batch_size} x{f.speedup:.2f}" for f in report.figures)
+    shown = ", ".join(f"t{f['threads']} b{f['batch_size']} x{f['speedup']:.2f}" for f in figures)
     print(f"{what:>18} {backend:>8}: {shown}", flush=True)
 
 

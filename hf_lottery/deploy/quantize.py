@@ -1,8 +1,8 @@
 """Int8 dynamic quantization of a model's Linear layers for CPU inference, through one of two backends.
 
 - `"torch.ao"`: `torch.ao.quantization.quantize_dynamic` (int8 weights with one scale per output channel by default,
-  or one per tensor; activations quantized per batch by fbgemm/onednn kernels). Ships with torch; deprecated since torch 2.10 in favour of torchao and due to be
-  removed. When a torch release no longer has it, `"auto"` falls through to torchao and an explicit `"torch.ao"`
+  or one per tensor; activations quantized per batch by fbgemm/onednn kernels). Ships with torch; deprecated since
+  torch 2.10 in favour of torchao and due to be removed. When a torch release no longer has it, `"auto"` falls through to torchao and an explicit `"torch.ao"`
   raises `ImportError`.
 - `"torchao"`: `torchao.quantization.quantize_` with `Int8DynamicActivationInt8WeightConfig` (per-row int8 weights,
   per-token int8 activations, `torch._int_mm` on CPU). Needs `pip install torchao` (`hf-lottery[cpu]`).
