@@ -10,10 +10,17 @@ multiply-accumulates) and reports the mean ± std over seeds. The dense baseline
 Latency is measured on the final compact model of each run (channel: shrunk convs; stripe: `StripeConv2d`, in both
 its inference forms; unstructured: the masked dense model, which runs at dense speed).
 
-Resumable: each (method, seed) result is written to `--output-json` as soon as it finishes and skipped on rerun.
+Parts (`--part`): `train` runs the (method, seed) trainings, each written to `--cache-dir` as soon as it finishes
+(its record and its final compact model, `save_pretrained`) and skipped on rerun, so two 1-thread processes can
+split the seeds; `latency` then times, alone, every saved model (loaded back with plain `from_pretrained`), the dense
+reference of each seed, and the stripe inference forms; `report` gathers everything into `--output-json` and
+`--output-md`. `all` (the default) runs the three in turn.
 
     python bench/conv_study.py                                        # full study (needs a quiet machine)
-    python bench/conv_study.py --smoke --output-json /tmp/conv_smoke.json --output-md /tmp/conv_smoke.md
+    OMP_NUM_THREADS=1 python bench/conv_study.py --part train --seeds 0 &   # the same, one process per core ...
+    OMP_NUM_THREADS=1 python bench/conv_study.py --part train --seeds 1 2; wait
+    python bench/conv_study.py --part latency && python bench/conv_study.py --part report   # ... then timed alone
+    python bench/conv_study.py --smoke --cache-dir /tmp/conv_smoke --output-json /tmp/s.json --output-md /tmp/s.md
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch
 import transformers
 from sklearn.datasets import load_digits
 from torch import nn
-from transformers import ResNetConfig, ResNetForImageClassification
+from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
 
 from hf_lottery import LotteryArguments, LotteryTrainer
 from hf_lottery.structured import StripeConv2d, conv_macs, stripe_conv_im2col
@@ -67,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--repeats", type=int, default=20, help="timed samples per model (median kept)")
     p.add_argument("--smoke", action="store_true", help="tiny budget: 1 seed, 1 epoch, small widths (checks only)")
+    p.add_argument("--part", choices=["train", "latency", "report", "all"], default="all")
+    p.add_argument("--cache-dir", default="bench/_cache/conv_study", help="per-run records and final models")
     p.add_argument("--output-json", default="bench/conv_study_results.json")
     p.add_argument("--output-md", default="bench/RESULTS_conv.md")
     args = p.parse_args(argv)
@@ -132,7 +141,7 @@ def accuracy(eval_pred) -> dict:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace, train, test) -> dict:
+def run_one(method: str, seed: int, args: argparse.Namespace, train, test, model_dir: Path) -> dict:
     overrides = dict(METHODS[method])
     with tempfile.TemporaryDirectory() as out:
         lottery = LotteryArguments(
@@ -183,21 +192,93 @@ def run_one(method: str, seed: int, args: argparse.Namespace, train, test) -> di
                 round=record["round"], sparsity=record["sparsity"], accuracy=record["metrics"]["eval_accuracy"]
             )
         final = trainer._rounds.final_model(trainer.model, trainer.current_mask)
-        final = (final if final is not None else trainer.model).cpu().eval()  # latency is measured on CPU
-        latency = time_model(final, args, sample.shape[1:])
-        if method == "stripe":  # the other inference form of the same model
-            for module in final.modules():
-                if isinstance(module, StripeConv2d):
-                    module.form = "im2col"
-            latency.update({f"im2col {b}": v for b, v in time_model(final, args, sample.shape[1:]).items()})
+        final = (final if final is not None else trainer.model).cpu().eval()
+        final.save_pretrained(model_dir)
     return {
         "method": method,
         "seed": seed,
         "rounds": rounds,
         "final_macs": rounds[-1]["macs"],
-        "latency_ms": latency,
         "train_seconds": round(seconds, 1),
+        "train_environment": environment(args),
     }
+
+
+def run_dir(args: argparse.Namespace, method: str, seed: int) -> Path:
+    return Path(args.cache_dir) / f"{method}-seed{seed}"
+
+
+def train_part(args: argparse.Namespace) -> None:
+    train, test = digits(args.image_size)
+    for seed in args.seeds:
+        for method in args.methods:
+            folder = run_dir(args, method, seed)
+            if (folder / "record.json").is_file():
+                continue
+            print(f"[conv_study] train {method} seed {seed}", flush=True)
+            record = run_one(method, seed, args, train, test, folder / "model")
+            _write_json(folder / "record.json", record)
+
+
+def latency_part(args: argparse.Namespace) -> None:
+    """Time every saved final model and each seed's dense model, alone (the training processes must be done)."""
+    shape = digits(args.image_size)[0].pixels.shape[1:]
+    for seed in args.seeds:
+        dense_file = Path(args.cache_dir) / f"dense-seed{seed}-latency.json"
+        if not dense_file.is_file():
+            _write_json(
+                dense_file,
+                {"environment": environment(args), "latency_ms": time_model(resnet(args, seed).eval(), args, shape)},
+            )
+        for method in args.methods:
+            folder = run_dir(args, method, seed)
+            if not (folder / "record.json").is_file() or (folder / "latency.json").is_file():
+                continue
+            print(f"[conv_study] time {method} seed {seed}", flush=True)
+            model = AutoModelForImageClassification.from_pretrained(folder / "model").eval()
+            latency = time_model(model, args, shape)
+            if method == "stripe":  # the other inference form of the same model
+                for module in model.modules():
+                    if isinstance(module, StripeConv2d):
+                        module.form = "im2col"
+                latency.update({f"im2col {b}": v for b, v in time_model(model, args, shape).items()})
+            _write_json(folder / "latency.json", {"environment": environment(args), "latency_ms": latency})
+    forms_file = Path(args.cache_dir) / "stripe_forms.json"
+    if not forms_file.is_file():
+        _write_json(forms_file, {"environment": environment(args), "rows": stripe_forms(args)})
+
+
+def report_part(args: argparse.Namespace) -> None:
+    cache = Path(args.cache_dir)
+    store: dict = {
+        "environment": environment(args),
+        "settings": _settings(args),
+        "results": [],
+        "dense_latency_ms": {},
+    }
+    for seed in args.seeds:
+        dense_file = cache / f"dense-seed{seed}-latency.json"
+        if dense_file.is_file():
+            dense = json.loads(dense_file.read_text())
+            store["dense_latency_ms"][str(seed)] = dense["latency_ms"]
+            store["latency_environment"] = dense["environment"]
+        for method in args.methods:
+            folder = run_dir(args, method, seed)
+            if not (folder / "record.json").is_file():
+                continue
+            record = json.loads((folder / "record.json").read_text())
+            timed = folder / "latency.json"
+            record["latency_ms"] = json.loads(timed.read_text())["latency_ms"] if timed.is_file() else {}
+            store["results"].append(record)
+    if (cache / "stripe_forms.json").is_file():
+        store["stripe_forms"] = json.loads((cache / "stripe_forms.json").read_text())["rows"]
+    _write_json(Path(args.output_json), store)
+    write_markdown(args.output_md, store, args)
+    print(Path(args.output_md).read_text())
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("output_json", "output_md", "part", "cache_dir")}
 
 
 @torch.no_grad()
@@ -290,12 +371,25 @@ def _mean_std(values: list[float]) -> str:
 
 def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
     env = store["environment"]
+    trained = [r["train_environment"] for r in store["results"] if "train_environment" in r]
+    timed = store.get("latency_environment")
     lines = [
         "# Conv nets from scratch on scikit-learn's digits",
         "",
-        f"Command: `{env['command']}`  ",
-        f"Machine: {env['machine']}, {env['cpus']} CPUs, load average {env['loadavg']}, torch {env['torch']}, "
-        f"transformers {env['transformers']}, {env['threads']} threads, {env['time']}.",
+        f"Report: `{env['command']}`, {env['time']}.  ",
+        f"Machine: {env['machine']}, {env['cpus']} CPUs, torch {env['torch']}, transformers {env['transformers']}.  ",
+    ]
+    if trained:
+        loads = sorted(float(t["loadavg"][0]) for t in trained if t.get("loadavg"))
+        lines.append(
+            f"Training: {len(trained)} runs, {trained[0]['threads']} thread each, load average (1 min) at their end "
+            f"{loads[0]:.2f}–{loads[-1]:.2f}; e.g. `{trained[0]['command']}`.  "
+        )
+    if timed:
+        lines.append(
+            f"Latency: timed alone, `{timed['command']}`, {timed['threads']} thread(s), load average {timed['loadavg']}."
+        )
+    lines += [
         "",
         "## Accuracy at equal FLOPs (test accuracy %, interpolated between rounds; mean ± std over seeds)",
         "",
@@ -304,16 +398,31 @@ def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
     ]
     for row in summarize(store["results"], args.flop_budgets):
         lines.append(f"| {row['method']} | {row['budget']:.2f} | {row['accuracy']} | {row['seeds']} |")
-    lines += ["", "## Final round: FLOP-ideal cost and measured CPU latency (ms, median)", ""]
+    lines += ["", "## Final round: FLOP-ideal cost and measured CPU latency (ms, median; × = dense / this)", ""]
     batches = [str(b) for b in args.latency_batches]
-    lines.append("| method | seed | MACs | " + " | ".join(f"batch {b}" for b in batches) + " |")
-    lines.append("|---" * (3 + len(batches)) + "|")
+    lines.append("| method | seed | test accuracy | MACs | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    lines.append("|---" * (4 + len(batches)) + "|")
+    dense_latency = store.get("dense_latency_ms", {})
+
+    def cells(latency: dict, seed: int, prefix: str = "") -> str:
+        out = []
+        for b in batches:
+            value, reference = latency.get(prefix + b), dense_latency.get(str(seed), {}).get(b)
+            out.append(f"{value} ({reference / value:.2f}×)" if value and reference else str(value))
+        return " | ".join(out)
+
+    for seed, latency in sorted(dense_latency.items()):
+        lines.append(f"| dense | {seed} | | 1.000 | " + " | ".join(str(latency.get(b)) for b in batches) + " |")
     for r in store["results"]:
-        lat = " | ".join(str(r["latency_ms"].get(b)) for b in batches)
-        lines.append(f"| {r['method']} | {r['seed']} | {r['final_macs']:.3f} | {lat} |")
+        last = f"{100 * r['rounds'][-1]['accuracy']:.2f}"
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {last} | {r['final_macs']:.3f} | {cells(r['latency_ms'], r['seed'])} |"
+        )
         if f"im2col {batches[0]}" in r["latency_ms"]:
-            lat = " | ".join(str(r["latency_ms"].get(f"im2col {b}")) for b in batches)
-            lines.append(f"| {r['method']} (im2col form) | {r['seed']} | {r['final_macs']:.3f} | {lat} |")
+            lines.append(
+                f"| {r['method']} (im2col form) | {r['seed']} | {last} | {r['final_macs']:.3f} | "
+                f"{cells(r['latency_ms'], r['seed'], 'im2col ')} |"
+            )
     lines += ["", "## Stripe-wise inference forms (one 3x3 conv, ms, median)", ""]
     lines.append(
         "| channels | size | stripes removed | ideal speed-up | dense | masked | per-position 1x1 | im2col kept columns |"
@@ -330,27 +439,16 @@ def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    path = Path(args.output_json)
-    store = json.loads(path.read_text()) if path.is_file() else {"results": []}
-    store["environment"] = environment(args)
-    store["settings"] = {k: v for k, v in vars(args).items() if k not in ("output_json", "output_md")}
-    done = {(r["method"], r["seed"]) for r in store["results"]}
-    train, test = digits(args.image_size)
-    for seed in args.seeds:
-        for method in args.methods:
-            if (method, seed) in done:
-                continue
-            print(f"[conv_study] {method} seed {seed}", flush=True)
-            store["results"].append(run_one(method, seed, args, train, test))
-            _write_json(path, store)
-    if "stripe_forms" not in store:
-        store["stripe_forms"] = stripe_forms(args)
-        _write_json(path, store)
-    write_markdown(args.output_md, store, args)
-    print(Path(args.output_md).read_text())
+    if args.part in ("train", "all"):
+        train_part(args)
+    if args.part in ("latency", "all"):
+        latency_part(args)
+    if args.part in ("report", "all"):
+        report_part(args)
 
 
 def _write_json(path: Path, store: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(store, indent=1), encoding="utf-8")
     os.replace(tmp, path)

@@ -29,6 +29,7 @@ Each record carries the load average before and after.
         --distill distill_alpha=0.5 distill_temperature=2            # 8,000 x 2 epochs; one process per core
     python bench/speed_tickets.py --part pareto --task mrpc          # full, 3 epochs
     python bench/speed_tickets.py --part timing --task sst2          # alone on the machine
+    python bench/speed_tickets.py --part int8-recipes --task sst2 --recipe-rounds 3 2   # alone: which Linears go int8
     python bench/speed_tickets.py --part report --task sst2 --dense-reference bench/quality_sst2-8k-kd_results.json
 
 The training data are the same subsample as `bench/quality.py` (`--data-seed 0`), so the dense model of round 0
@@ -69,11 +70,19 @@ from hf_lottery.structured import structure_counts
 
 TASK_BUDGETS = {"sst2": {"train_size": 8000, "epochs": 2.0}, "mrpc": {"train_size": None, "epochs": 3.0}}
 RUNS = ("structured", "structured+kd", "unstructured")
+# Which Linears go int8 (regexes over BERT module names for `export_for_cpu(modules=...)`; None: every Linear).
+# The rest stay fp32: the FFN output projection sums the most inputs, so its rounding errors add up the most.
+INT8_RECIPES: dict[str, list[str] | None] = {
+    "all": None,
+    "all but FFN output": [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifier)"],
+    "attention only": [r"\.attention\."],
+    "FFN only": [r"\.intermediate\.", r"layer\.\d+\.output\."],
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["backends", "pareto", "timing", "report"], required=True)
+    p.add_argument("--part", choices=["backends", "pareto", "timing", "int8-recipes", "report"], required=True)
     p.add_argument("--output-dir", default="bench/speed_tickets", help="points.jsonl, runs and reports go here")
     p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2 from its package)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length of the timings")
@@ -108,6 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--distill", nargs="*", default=[], help="KEY=VALUE LotteryArguments fields of structured+kd")
+    # int8-recipes
+    p.add_argument("--recipe-run", default="structured+kd", choices=RUNS, help="the run whose exports are quantized")
+    p.add_argument("--recipe-rounds", type=int, nargs="+", default=[3], help="its rounds (saved fp32 exports)")
+    p.add_argument("--recipes", nargs="+", default=list(INT8_RECIPES), choices=list(INT8_RECIPES))
     return p.parse_args(argv)
 
 
@@ -333,6 +346,57 @@ def timing_part(args: argparse.Namespace) -> None:
         print(f"[{p['run']} seed {p['seed']} round {p['round']}] {shown}", flush=True)
 
 
+def int8_recipes_part(args: argparse.Namespace) -> None:
+    """Quantize saved fp32 exports with each recipe of `INT8_RECIPES` (which Linears go int8), evaluate, and time
+    against the dense fp32 model, alone on the machine. Appends to `<output-dir>/<task>/int8_recipes.jsonl`."""
+    from hf_lottery import load_for_cpu
+
+    out_dir = Path(args.output_dir) / args.task
+    path = out_dir / "int8_recipes.jsonl"
+    done = {(r["run"], r["seed"], r["round"], r["recipe"]) for r in read_points(path)}
+    dense, model_path = load_model(args)
+    dense.eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data_args = DataArguments(
+        task_name=args.task,
+        data_dir=args.glue_dir,
+        max_seq_length=args.max_seq_length,
+        max_train_samples=1,
+        max_eval_samples=args.eval_size,
+    )
+    task, _, dev = build_datasets(data_args, tokenizer, args.data_seed)
+    collator, metric_fn = DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
+    for seed in args.seeds:
+        for round_index in args.recipe_rounds:
+            folder = export_dir(out_dir, args.recipe_run, seed, round_index)
+            if not folder.is_dir():
+                print(f"[int8-recipes] no export at {folder}; skipped", flush=True)
+                continue
+            fp32 = load_for_cpu(folder)
+            for recipe in args.recipes:
+                key = (args.recipe_run, seed, round_index, recipe)
+                if key in done:
+                    continue
+                started = conditions(args)
+                int8 = export_for_cpu(fp32, quantize="int8", modules=INT8_RECIPES[recipe])
+                point = {
+                    "run": args.recipe_run,
+                    "seed": seed,
+                    "round": round_index,
+                    "recipe": recipe,
+                    "modules": INT8_RECIPES[recipe],
+                    **started,
+                    "speed_int8": time_export(int8, dense, args, threads_of(args)),
+                    "load_average_after": load_average(),
+                    "metrics_int8": evaluate(int8, dev, collator, metric_fn),
+                }
+                append_point(path, point)
+                shown = ", ".join(
+                    f"t{f['threads']} b{f['batch_size']} x{f['speedup']:.2f}" for f in point["speed_int8"]
+                )
+                print(f"[{args.recipe_run} seed {seed} round {round_index}] {recipe}: {point['metrics_int8']} {shown}")
+
+
 def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir: Path) -> LotteryArguments | str:
     budget = TASK_BUDGETS[args.task]
     common = dict(
@@ -556,6 +620,8 @@ def main(argv: list[str] | None = None) -> None:
         pareto_part(args)
     elif args.part == "timing":
         timing_part(args)
+    elif args.part == "int8-recipes":
+        int8_recipes_part(args)
     else:
         out_dir = Path(args.output_dir) / args.task
         write_report(args, merged_points(out_dir), out_dir / "pareto.md")
