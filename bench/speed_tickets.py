@@ -307,7 +307,15 @@ def timing_part(args: argparse.Namespace) -> None:
 
     out_dir = Path(args.output_dir) / args.task
     timings_path = out_dir / "timings.jsonl"
-    timed = {(t["run"], t["seed"], t["round"]) for t in read_points(timings_path)}
+    # A (run, seed, round) timed before at other thread counts is timed again only at the missing ones.
+    timed: dict[tuple, set[int]] = {}
+    evaluated: set[tuple] = set()
+    for t in read_points(timings_path):
+        key = (t["run"], t["seed"], t["round"])
+        timed.setdefault(key, set()).update(f["threads"] for f in t["speed_fp32"])
+        if "metrics_int8" in t:
+            evaluated.add(key)
+    all_threads = torch.get_num_threads()
     points = [p for p in read_points(out_dir / "points.jsonl") if "export" in p]
     dense, model_path = load_model(args)
     dense.eval()
@@ -325,19 +333,22 @@ def timing_part(args: argparse.Namespace) -> None:
     collator, metric_fn = DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
     for p in points:
         key = (p["run"], p["seed"], p["round"])
-        if key in timed:
+        threads = [t for t in threads_of(args) if (all_threads if t == "all" else t) not in timed.get(key, set())]
+        if not threads:
             continue
         started = conditions(args)
         fp32 = load_for_cpu(p["export"])
         record: dict[str, Any] = {"run": p["run"], "seed": p["seed"], "round": p["round"], **started}
-        record["speed_fp32"] = time_export(fp32, dense, args, threads_of(args))
+        record["speed_fp32"] = time_export(fp32, dense, args, threads)
         int8 = export_for_cpu(fp32, quantize="int8")
-        record["speed_int8"] = time_export(int8, dense, args, threads_of(args))
+        record["speed_int8"] = time_export(int8, dense, args, threads)
         record["load_average_after"] = load_average()
-        record["metrics_int8"] = evaluate(int8, dev, collator, metric_fn)
-        record["weight_scales"] = inspect.signature(export_for_cpu).parameters["weight_scales"].default
+        if key not in evaluated:
+            record["metrics_int8"] = evaluate(int8, dev, collator, metric_fn)
+            record["weight_scales"] = inspect.signature(export_for_cpu).parameters["weight_scales"].default
+            evaluated.add(key)
         append_point(timings_path, record)
-        timed.add(key)
+        timed.setdefault(key, set()).update(f["threads"] for f in record["speed_fp32"])
         shown = ", ".join(
             f"{name} t{f['threads']} b{f['batch_size']} x{f['speedup']:.2f}"
             for name in ("fp32", "int8")
@@ -494,7 +505,17 @@ def pareto_part(args: argparse.Namespace) -> None:
 
 def merged_points(out_dir: Path) -> list[dict[str, Any]]:
     """The recorded points, each with its figures from part `timing` where the pareto part did not time it."""
-    timings = {(t["run"], t["seed"], t["round"]): t for t in read_points(out_dir / "timings.jsonl")}
+    timings: dict[tuple, dict[str, Any]] = {}
+    for t in read_points(out_dir / "timings.jsonl"):  # a key timed in several passes (thread counts): merged
+        key = (t["run"], t["seed"], t["round"])
+        if key not in timings:
+            timings[key] = {**t, "speed_fp32": list(t["speed_fp32"]), "speed_int8": list(t["speed_int8"])}
+            continue
+        merged = timings[key]
+        merged["speed_fp32"] += t["speed_fp32"]
+        merged["speed_int8"] += t["speed_int8"]
+        if "metrics_int8" in t and "metrics_int8" not in merged:
+            merged["metrics_int8"] = t["metrics_int8"]
     points = []
     for p in read_points(out_dir / "points.jsonl"):
         t = timings.get((p.get("run"), p.get("seed"), p.get("round")))
