@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampling", default="group_by_length", help="train_sampling_strategy of every run")
     p.add_argument("--timing", choices=["later", "inline"], default="later", help="time in part `timing`, or now")
     p.add_argument(
+        "--timing-rounds", type=int, nargs="+", default=None, help="part timing: only these rounds (default: all)"
+    )
+    p.add_argument(
         "--dense-reference",
         default=None,
         help="a bench/quality.py results JSON whose dense runs (same task and budget) give the matching threshold",
@@ -333,6 +336,8 @@ def timing_part(args: argparse.Namespace) -> None:
     collator, metric_fn = DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
     for p in points:
         key = (p["run"], p["seed"], p["round"])
+        if args.timing_rounds is not None and p["round"] not in args.timing_rounds:
+            continue
         threads = [t for t in threads_of(args) if (all_threads if t == "all" else t) not in timed.get(key, set())]
         if not threads:
             continue
