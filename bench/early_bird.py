@@ -1,0 +1,179 @@
+"""Early-bird rounds against full IMP: the same ticket for a fraction of the optimizer steps?
+
+For one GLUE task on all-MiniLM-L6-v2 (not BERT-base) and each seed:
+  full        - IMP, every round trained to the end, to the largest `--targets` level (its rounds at the
+                smaller levels are the full-IMP points there)
+  early-bird  - one run per level in `--targets`: every round but the last stops once consecutive masks differ by
+                less than `--threshold` for `--patience` checks every `--interval` steps (round 0 as well unless
+                `--full-round0`); the last round, the ticket, trains to the end
+Both rewind the same way (`--rewind`, default θ0: the ticket is then judged by its mask alone). A level's *cost* is
+the optimizer steps spent before its final round (what finding the mask took: `total_steps` of the round before)
+and the total with the final round; the table compares the early-bird ticket's dev metric and cost to full IMP's
+at the same level and seed. The data are the subsample of `bench/quality.py` (same build), so full IMP here repeats
+that study's runs at the same seed, budget and rewinding.
+
+Every run keeps its lottery state under `--cache`: stop and run again to continue (an early-bird round resumes
+where it stopped). One process per core: split the seeds (`--seeds`) or the runs (`--runs`) between processes.
+
+    OMP_NUM_THREADS=1 python bench/early_bird.py --task sst2 --train-samples 8000 --epochs 2 --seeds 0 --runs full &
+    OMP_NUM_THREADS=1 python bench/early_bird.py --task sst2 --train-samples 8000 --epochs 2 --seeds 0 \
+        --runs early-bird; wait
+    python bench/early_bird.py --task sst2 --train-samples 8000 --epochs 2 --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from _common import machine
+from quality import build, lottery_args, run_trainer
+
+RUNS = ("full", "early-bird")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="sst2", choices=["sst2", "mrpc"])
+    p.add_argument("--glue-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "glue"))
+    p.add_argument("--train-samples", type=int, default=None)
+    p.add_argument("--epochs", type=float, default=2)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.6])
+    p.add_argument("--rate", type=float, default=0.2, help="fraction of the original weights pruned per round")
+    p.add_argument("--rewind", default="pretrained", help="rewind mode of both runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    p.add_argument("--interval", type=int, default=25, help="early_bird_interval_steps")
+    p.add_argument("--threshold", type=float, default=0.01, help="early_bird_threshold")
+    p.add_argument("--patience", type=int, default=3, help="early_bird_patience")
+    p.add_argument("--full-round0", action="store_true", help="train round 0 to the end in the early-bird runs")
+    p.add_argument("--sampling", default="group_by_length")
+    p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
+    p.add_argument("--report", action="store_true", help="only write the table from the cache")
+    p.add_argument("--output", default=None, help="results JSON (default bench/early_bird_<task>.json)")
+    return p.parse_args(argv)
+
+
+def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Path:
+    return Path(opts.cache) / opts.task / f"{run}-{int(round(100 * target))}-seed{seed}"
+
+
+def quality_opts(opts: argparse.Namespace, target: float) -> argparse.Namespace:
+    """The option names `bench/quality.py`'s `lottery_args` reads."""
+    return argparse.Namespace(lr=opts.lr, epochs=opts.epochs, target=target, rate=opts.rate, sampling=opts.sampling)
+
+
+def history_path(folder: Path) -> Path:
+    return folder / "history.json"
+
+
+def study(opts: argparse.Namespace) -> None:
+    parts = build(opts.task, opts.glue_dir, opts.train_samples, opts.max_len)
+    for seed in opts.seeds:
+        jobs = []
+        if "full" in opts.runs:
+            jobs.append(("full", max(opts.targets), {}))
+        if "early-bird" in opts.runs:
+            eb = dict(
+                early_bird_interval_steps=opts.interval,
+                early_bird_threshold=opts.threshold,
+                early_bird_patience=opts.patience,
+                early_bird_round0=not opts.full_round0,
+            )
+            jobs += [("early-bird", target, eb) for target in sorted(opts.targets)]
+        for run, target, extra in jobs:
+            out = run_dir(opts, run, seed, target)
+            if history_path(out).is_file():
+                continue
+            print(f"[early_bird] {opts.task} {run} to {target:.0%} seed {seed}", flush=True)
+            largs = lottery_args(out, quality_opts(opts, target), 42 + seed, rewind=opts.rewind, **extra)
+            history = run_trainer(out, largs, parts)
+            tmp = history_path(out).with_suffix(".tmp")
+            tmp.write_text(json.dumps({"machine": machine(), "history": history}, indent=1), encoding="utf-8")
+            tmp.replace(history_path(out))
+
+
+def level_record(history: list[dict], target: float, metric: str) -> dict | None:
+    """The round of `history` at `target` sparsity: its metric, steps before it and total steps to its end."""
+    for i, record in enumerate(history):
+        if abs(record["target_sparsity"] - target) < 1e-6:
+            before = history[i - 1]["total_steps"] if i else 0
+            return {
+                "metric": record["metrics"].get(metric),
+                "steps_to_mask": before,
+                "total_steps": record["total_steps"],
+                "seconds": sum(r.get("seconds", 0.0) for r in history[: i + 1]),
+                "stopped_at": [(r.get("early_bird") or {}).get("stopped_at_step") for r in history[:i]],
+            }
+    return None
+
+
+def report(opts: argparse.Namespace) -> dict:
+    metric = "eval_accuracy"
+    rows = []
+    for seed in opts.seeds:
+        full_file = history_path(run_dir(opts, "full", seed, max(opts.targets)))
+        full = json.loads(full_file.read_text())["history"] if full_file.is_file() else None
+        for target in sorted(opts.targets):
+            eb_file = history_path(run_dir(opts, "early-bird", seed, target))
+            eb = json.loads(eb_file.read_text())["history"] if eb_file.is_file() else None
+            rows.append(
+                {
+                    "seed": seed,
+                    "target": target,
+                    "full": level_record(full, target, metric) if full else None,
+                    "early_bird": level_record(eb, target, metric) if eb else None,
+                }
+            )
+    lines = [
+        f"| level | seed | full IMP {metric} | early-bird | Δ (points) | steps to mask: full / early-bird (ratio) | "
+        "total steps: full / early-bird (ratio) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        f, e = r["full"], r["early_bird"]
+        if not f or not e:
+            lines.append(f"| {r['target']:.0%} | {r['seed']} | {_m(f)} | {_m(e)} | – | – | – |")
+            continue
+        delta = 100 * (e["metric"] - f["metric"])
+        lines.append(
+            f"| {r['target']:.0%} | {r['seed']} | {_m(f)} | {_m(e)} | {delta:+.2f} | "
+            f"{f['steps_to_mask']} / {e['steps_to_mask']} ({e['steps_to_mask'] / max(f['steps_to_mask'], 1):.2f}) | "
+            f"{f['total_steps']} / {e['total_steps']} ({e['total_steps'] / f['total_steps']:.2f}) |"
+        )
+    for target in sorted(opts.targets):
+        deltas = [
+            100 * (r["early_bird"]["metric"] - r["full"]["metric"])
+            for r in rows
+            if r["target"] == target and r["full"] and r["early_bird"]
+        ]
+        if len(deltas) > 1:
+            lines.append(
+                f"\n{target:.0%}: early-bird − full = {statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} "
+                f"points over {len(deltas)} seeds"
+            )
+    table = "\n".join(lines)
+    print(table)
+    result = {"settings": {k: v for k, v in vars(opts).items() if k != "report"}, "rows": rows, "table": table}
+    output = Path(opts.output or Path(__file__).with_name(f"early_bird_{opts.task}.json"))
+    output.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def _m(level: dict | None) -> str:
+    return "–" if not level or level["metric"] is None else f"{100 * level['metric']:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    if not opts.report:
+        study(opts)
+    report(opts)
+
+
+if __name__ == "__main__":
+    main()
