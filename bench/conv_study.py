@@ -12,13 +12,13 @@ its inference forms; unstructured: the masked dense model, which runs at dense s
 
 Parts (`--part`): `train` runs the (method, seed) trainings, each written to `--cache-dir` as soon as it finishes
 (its record and its final compact model, `save_pretrained`) and skipped on rerun, so two 1-thread processes can
-split the seeds; `latency` then times, alone, every saved model (loaded back with plain `from_pretrained`), the dense
-reference of each seed, and the stripe inference forms; `report` gathers everything into `--output-json` and
+split the methods; `latency` then times, alone, every saved model (loaded back with plain `from_pretrained`)
+alternated with its seed's dense model, and the stripe inference forms; `report` gathers everything into `--output-json` and
 `--output-md`. `all` (the default) runs the three in turn.
 
     python bench/conv_study.py                                        # full study (needs a quiet machine)
-    OMP_NUM_THREADS=1 python bench/conv_study.py --part train --seeds 0 &   # the same, one process per core ...
-    OMP_NUM_THREADS=1 python bench/conv_study.py --part train --seeds 1 2; wait
+    OMP_NUM_THREADS=1 python bench/conv_study.py --part train --methods unstructured stripe &   # one per core
+    OMP_NUM_THREADS=1 python bench/conv_study.py --part train --methods channel+polarization channel+l1; wait
     python bench/conv_study.py --part latency && python bench/conv_study.py --part report   # ... then timed alone
     python bench/conv_study.py --smoke --cache-dir /tmp/conv_smoke --output-json /tmp/s.json --output-md /tmp/s.md
 """
@@ -221,28 +221,18 @@ def train_part(args: argparse.Namespace) -> None:
 
 
 def latency_part(args: argparse.Namespace) -> None:
-    """Time every saved final model and each seed's dense model, alone (the training processes must be done)."""
+    """Time every saved final model against its seed's dense model (alternated), alone on the machine."""
     shape = digits(args.image_size)[0].pixels.shape[1:]
     for seed in args.seeds:
-        dense_file = Path(args.cache_dir) / f"dense-seed{seed}-latency.json"
-        if not dense_file.is_file():
-            _write_json(
-                dense_file,
-                {"environment": environment(args), "latency_ms": time_model(resnet(args, seed).eval(), args, shape)},
-            )
+        dense = resnet(args, seed).eval()
         for method in args.methods:
             folder = run_dir(args, method, seed)
             if not (folder / "record.json").is_file() or (folder / "latency.json").is_file():
                 continue
             print(f"[conv_study] time {method} seed {seed}", flush=True)
             model = AutoModelForImageClassification.from_pretrained(folder / "model").eval()
-            latency = time_model(model, args, shape)
-            if method == "stripe":  # the other inference form of the same model
-                for module in model.modules():
-                    if isinstance(module, StripeConv2d):
-                        module.form = "im2col"
-                latency.update({f"im2col {b}": v for b, v in time_model(model, args, shape).items()})
-            _write_json(folder / "latency.json", {"environment": environment(args), "latency_ms": latency})
+            figures = time_against_dense(model, dense, args, shape)
+            _write_json(folder / "latency.json", {"environment": environment(args), "figures": figures})
     forms_file = Path(args.cache_dir) / "stripe_forms.json"
     if not forms_file.is_file():
         _write_json(forms_file, {"environment": environment(args), "rows": stripe_forms(args)})
@@ -250,25 +240,18 @@ def latency_part(args: argparse.Namespace) -> None:
 
 def report_part(args: argparse.Namespace) -> None:
     cache = Path(args.cache_dir)
-    store: dict = {
-        "environment": environment(args),
-        "settings": _settings(args),
-        "results": [],
-        "dense_latency_ms": {},
-    }
+    store: dict = {"environment": environment(args), "settings": _settings(args), "results": []}
     for seed in args.seeds:
-        dense_file = cache / f"dense-seed{seed}-latency.json"
-        if dense_file.is_file():
-            dense = json.loads(dense_file.read_text())
-            store["dense_latency_ms"][str(seed)] = dense["latency_ms"]
-            store["latency_environment"] = dense["environment"]
         for method in args.methods:
             folder = run_dir(args, method, seed)
             if not (folder / "record.json").is_file():
                 continue
             record = json.loads((folder / "record.json").read_text())
             timed = folder / "latency.json"
-            record["latency_ms"] = json.loads(timed.read_text())["latency_ms"] if timed.is_file() else {}
+            if timed.is_file():
+                latency = json.loads(timed.read_text())
+                record["latency_ms"] = latency["figures"]
+                store["latency_environment"] = latency["environment"]
             store["results"].append(record)
     if (cache / "stripe_forms.json").is_file():
         store["stripe_forms"] = json.loads((cache / "stripe_forms.json").read_text())["rows"]
@@ -282,22 +265,40 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 @torch.no_grad()
-def _median_ms(fn, x: torch.Tensor, repeats: int) -> float:
-    for _ in range(2):
-        fn(x)
-    samples = []
+def _paired_ms(fns: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each function on `x`, the functions alternated within every repeat (so a slow moment
+    of the machine costs all of them alike)."""
+    for fn in fns.values():
+        for _ in range(2):
+            fn(x)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        samples.append(1000 * (time.perf_counter() - start))
-    return round(statistics.median(samples), 3)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x)
+            samples[name].append(1000 * (time.perf_counter() - start))
+    return {name: round(statistics.median(values), 3) for name, values in samples.items()}
 
 
-def time_model(model: nn.Module, args: argparse.Namespace, shape) -> dict:
-    return {
-        str(b): _median_ms(lambda x: model(pixel_values=x), torch.randn(b, *shape), args.repeats)
-        for b in args.latency_batches
-    }
+def time_against_dense(model: nn.Module, dense: nn.Module, args: argparse.Namespace, shape) -> dict:
+    """`{batch: {"dense": ms, "model": ms[, "im2col": ms]}}`, alternated; stripe models also in their im2col form."""
+    stripes = [m for m in model.modules() if isinstance(m, StripeConv2d)]
+
+    def run(form: str):
+        def call(x):
+            for m in stripes:
+                m.form = form
+            return model(pixel_values=x)
+
+        return call
+
+    fns = {"dense": lambda x: dense(pixel_values=x), "model": run("per_position")}
+    if stripes:
+        fns["im2col"] = run("im2col")
+    figures = {str(b): _paired_ms(fns, torch.randn(b, *shape), args.repeats) for b in args.latency_batches}
+    for m in stripes:
+        m.form = "per_position"
+    return figures
 
 
 def stripe_forms(args: argparse.Namespace) -> list[dict]:
@@ -321,13 +322,15 @@ def stripe_forms(args: argparse.Namespace) -> list[dict]:
                     "size": size,
                     "stripes_removed": fraction,
                     "ideal_speedup": round(kept.numel() / int(kept.sum()), 2),
-                    "dense_ms": _median_ms(conv, x, args.repeats),
-                    "masked_ms": _median_ms(
-                        lambda t, w=masked: nn.functional.conv2d(t, w, padding=1), x, args.repeats
-                    ),
-                    "per_position_1x1_ms": _median_ms(stripe, x, args.repeats),
-                    "im2col_kept_columns_ms": _median_ms(
-                        lambda t, c=conv, k=kept: stripe_conv_im2col(t, c, k), x, args.repeats
+                    **_paired_ms(
+                        {
+                            "dense_ms": conv,
+                            "masked_ms": lambda t, w=masked: nn.functional.conv2d(t, w, padding=1),
+                            "per_position_1x1_ms": stripe,
+                            "im2col_kept_columns_ms": lambda t, c=conv, k=kept: stripe_conv_im2col(t, c, k),
+                        },
+                        x,
+                        args.repeats,
                     ),
                 }
             )
@@ -398,31 +401,38 @@ def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
     ]
     for row in summarize(store["results"], args.flop_budgets):
         lines.append(f"| {row['method']} | {row['budget']:.2f} | {row['accuracy']} | {row['seeds']} |")
-    lines += ["", "## Final round: FLOP-ideal cost and measured CPU latency (ms, median; × = dense / this)", ""]
+    lines += [
+        "",
+        "## Final round: FLOP-ideal cost and measured CPU latency",
+        "",
+        "Median ms of the final compact model, alternated with the dense model of the same seed in one process "
+        "(× = dense / this; stripe models in both inference forms).",
+        "",
+    ]
     batches = [str(b) for b in args.latency_batches]
-    lines.append("| method | seed | test accuracy | MACs | " + " | ".join(f"batch {b}" for b in batches) + " |")
-    lines.append("|---" * (4 + len(batches)) + "|")
-    dense_latency = store.get("dense_latency_ms", {})
+    lines.append(
+        "| method | seed | test accuracy | MACs | "
+        + " | ".join(f"dense b{b} | this b{b} | im2col b{b}" for b in batches)
+        + " |"
+    )
+    lines.append("|---" * (4 + 3 * len(batches)) + "|")
 
-    def cells(latency: dict, seed: int, prefix: str = "") -> str:
-        out = []
-        for b in batches:
-            value, reference = latency.get(prefix + b), dense_latency.get(str(seed), {}).get(b)
-            out.append(f"{value} ({reference / value:.2f}×)" if value and reference else str(value))
-        return " | ".join(out)
+    def ratio(figures: dict, name: str) -> str:
+        if name not in figures:
+            return "–"
+        return f"{figures[name]} ({figures['dense'] / figures[name]:.2f}×)"
 
-    for seed, latency in sorted(dense_latency.items()):
-        lines.append(f"| dense | {seed} | | 1.000 | " + " | ".join(str(latency.get(b)) for b in batches) + " |")
     for r in store["results"]:
-        last = f"{100 * r['rounds'][-1]['accuracy']:.2f}"
+        latency = r.get("latency_ms", {})
+        cells = []
+        for b in batches:
+            f = latency.get(b, {})
+            cells += [str(f.get("dense", "–")), ratio(f, "model") if f else "–", ratio(f, "im2col") if f else "–"]
         lines.append(
-            f"| {r['method']} | {r['seed']} | {last} | {r['final_macs']:.3f} | {cells(r['latency_ms'], r['seed'])} |"
+            f"| {r['method']} | {r['seed']} | {100 * r['rounds'][-1]['accuracy']:.2f} | {r['final_macs']:.3f} | "
+            + " | ".join(cells)
+            + " |"
         )
-        if f"im2col {batches[0]}" in r["latency_ms"]:
-            lines.append(
-                f"| {r['method']} (im2col form) | {r['seed']} | {last} | {r['final_macs']:.3f} | "
-                f"{cells(r['latency_ms'], r['seed'], 'im2col ')} |"
-            )
     lines += ["", "## Stripe-wise inference forms (one 3x3 conv, ms, median)", ""]
     lines.append(
         "| channels | size | stripes removed | ideal speed-up | dense | masked | per-position 1x1 | im2col kept columns |"
