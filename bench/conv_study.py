@@ -281,7 +281,8 @@ def _paired_ms(fns: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
 
 
 def time_against_dense(model: nn.Module, dense: nn.Module, args: argparse.Namespace, shape) -> dict:
-    """`{batch: {"dense": ms, "model": ms[, "im2col": ms]}}`, alternated; stripe models also in their im2col form."""
+    """`{batch: {"dense": ms, "model": ms[, "im2col": ms, "dense kernel": ms]}}`, alternated; stripe models also in
+    their other two inference forms."""
     stripes = [m for m in model.modules() if isinstance(m, StripeConv2d)]
 
     def run(form: str):
@@ -294,7 +295,7 @@ def time_against_dense(model: nn.Module, dense: nn.Module, args: argparse.Namesp
 
     fns = {"dense": lambda x: dense(pixel_values=x), "model": run("per_position")}
     if stripes:
-        fns["im2col"] = run("im2col")
+        fns["im2col"], fns["dense kernel"] = run("im2col"), run("dense")
     figures = {str(b): _paired_ms(fns, torch.randn(b, *shape), args.repeats) for b in args.latency_batches}
     for m in stripes:
         m.form = "per_position"
@@ -406,16 +407,17 @@ def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
         "## Final round: FLOP-ideal cost and measured CPU latency",
         "",
         "Median ms of the final compact model, alternated with the dense model of the same seed in one process "
-        "(× = dense / this; stripe models in both inference forms).",
+        "(× = dense / this; stripe models in all three `StripeConv2d` forms: per-position 1x1 convs, im2col over "
+        "the kernel positions in use, and the kept stripes scattered back into one dense kernel).",
         "",
     ]
     batches = [str(b) for b in args.latency_batches]
     lines.append(
         "| method | seed | test accuracy | MACs | "
-        + " | ".join(f"dense b{b} | this b{b} | im2col b{b}" for b in batches)
+        + " | ".join(f"dense b{b} | this b{b} | im2col b{b} | dense-kernel b{b}" for b in batches)
         + " |"
     )
-    lines.append("|---" * (4 + 3 * len(batches)) + "|")
+    lines.append("|---" * (4 + 4 * len(batches)) + "|")
 
     def ratio(figures: dict, name: str) -> str:
         if name not in figures:
@@ -427,7 +429,9 @@ def write_markdown(path: str, store: dict, args: argparse.Namespace) -> None:
         cells = []
         for b in batches:
             f = latency.get(b, {})
-            cells += [str(f.get("dense", "–")), ratio(f, "model") if f else "–", ratio(f, "im2col") if f else "–"]
+            cells += [str(f.get("dense", "–"))] + [
+                ratio(f, name) if f else "–" for name in ("model", "im2col", "dense kernel")
+            ]
         lines.append(
             f"| {r['method']} | {r['seed']} | {100 * r['rounds'][-1]['accuracy']:.2f} | {r['final_macs']:.3f} | "
             + " | ".join(cells)

@@ -154,7 +154,12 @@ def test_stripe_conv_forms_equal_the_masked_conv(stride, padding, dilation, kern
         torch.testing.assert_close(stripe_conv_im2col(x, conv, kept), reference, atol=1e-5, rtol=1e-5)
         stripe.form = "im2col"
         torch.testing.assert_close(stripe(x), reference, atol=1e-5, rtol=1e-5)
+        stripe.form = "dense"
+        torch.testing.assert_close(stripe(x), reference, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stripe.dense_weight(), conv.weight * kept[:, None], atol=0, rtol=0)
+        stripe.form = "winograd"
+        with pytest.raises(ValueError, match="form must be one of"):
+            stripe(x)
 
 
 def test_stripe_pruning_removes_the_weakest_stripes_by_weight_count():

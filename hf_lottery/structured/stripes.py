@@ -47,11 +47,15 @@ class StripeConv2d(nn.Module):
         bias (`bool`, *optional*, defaults to `False`): whether the conv has a bias (one per output channel).
 
     Attributes:
-        form (`str`): how `forward` computes, `"per_position"` (one 1x1 conv per kernel position, the default) or
-            `"im2col"` (one matrix product over the unfolded kernel positions in use); both give the same output.
+        form (`str`): how `forward` computes: `"per_position"` (one 1x1 conv per kernel position, the default),
+            `"im2col"` (one matrix product over the unfolded kernel positions in use) or `"dense"` (the kept stripes
+            scattered back into a full kernel, one `conv2d`: no fewer operations, but the speed of the dense conv
+            where the other forms lose to it — small convs, large batches; see `bench/RESULTS_conv.md`). All give
+            the same output.
     """
 
     form = "per_position"
+    FORMS = ("per_position", "im2col", "dense")
 
     def __init__(
         self,
@@ -131,6 +135,10 @@ class StripeConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "im2col":
             return self._forward_im2col(x)
+        if self.form == "dense":
+            return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation)
+        if self.form != "per_position":
+            raise ValueError(f"StripeConv2d.form must be one of {self.FORMS}, got {self.form!r}.")
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         kh, kw = self.kernel_size
         n, _, h, w = x.shape
