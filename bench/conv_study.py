@@ -64,12 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=15.0, help="epochs per round")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--target-sparsity", type=float, default=0.8, help="last round (channels, stripes or weights)")
+    p.add_argument("--target-sparsity", type=float, default=0.9, help="last round (channels, stripes or weights)")
     p.add_argument("--pruning-rate", type=float, default=0.2)
     p.add_argument("--channel-penalty", type=float, default=1e-4)
     p.add_argument("--polarization-t", type=float, default=1.2)
     p.add_argument("--stripe-penalty", type=float, default=5e-5)
-    p.add_argument("--flop-budgets", type=float, nargs="+", default=[0.6, 0.4], help="fractions of dense MACs")
+    p.add_argument(
+        "--flop-budgets", type=float, nargs="+", default=[0.6, 0.4, 0.3, 0.2], help="fractions of dense MACs"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and latency)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--repeats", type=int, default=20, help="timed samples per model (median kept)")
