@@ -126,6 +126,24 @@ def test_save_and_load_round_trip(tmp_path, quantize):
     assert ("bert.encoder.layer.0.attention.self.query" in config["modules"]) == (quantize is not None)
 
 
+def test_int8_modules_keep_the_ffn_output_in_fp32(tmp_path):
+    # The recipe of the README: every Linear int8 but the FFN output projections (layer.N.output.dense).
+    recipe = [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifier)"]
+    model, mask = structured_ticket()
+    exported = export_for_cpu(model, tmp_path / "export", mask=mask, quantize="int8", modules=recipe)
+    linears = {n: m for n, m in exported.named_modules() if n.startswith("bert.") or n == "classifier"}
+    fp32 = {n for n, m in linears.items() if type(m) is nn.Linear and type(m.weight) is nn.Parameter}
+    assert fp32 == {"bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"}
+    config = json.loads((tmp_path / "export" / CPU_EXPORT_CONFIG_NAME).read_text())
+    assert "bert.encoder.layer.0.intermediate.dense" in config["modules"]
+    assert not any(n.endswith("layer.0.output.dense") or n.endswith("layer.1.output.dense") for n in config["modules"])
+    loaded = load_for_cpu(tmp_path / "export")
+    for a, b in zip(outputs(loaded), outputs(exported)):
+        assert torch.equal(a, b)
+    logits, _ = outputs(exported)
+    assert (logits - outputs(compact_by_mask(model, mask).eval())[0]).abs().max() <= INT8_LOGITS_ATOL
+
+
 def test_int8_weight_scales_are_per_channel_and_recorded(tmp_path):
     model, mask = structured_ticket()
     export_for_cpu(model, tmp_path / "export", mask=mask)
