@@ -7,8 +7,8 @@ trained from scratch, `rewind="lr"` (learning-rate rewinding, Renda et al. 2020)
 survivors. Each run records every round's test accuracy and FLOP-ideal cost (`conv_macs` of the masked model); the
 table interpolates each method's accuracy at the FLOP budgets of `--flop-budgets` (fraction of the dense model's
 multiply-accumulates) and reports the mean ± std over seeds. The dense baseline is round 0 of the unstructured run.
-Latency is measured on the final compact model of each run (channel: shrunk convs; stripe: `StripeConv2d`, in both
-its inference forms; unstructured: the masked dense model, which runs at dense speed).
+Latency is measured on the final compact model of each run (channel: shrunk convs; stripe: `StripeConv2d`, in its
+three inference forms; unstructured: the masked dense model, which runs at dense speed).
 
 Parts (`--part`): `train` runs the (method, seed) trainings, each written to `--cache-dir` as soon as it finishes
 (its record and its final compact model, `save_pretrained`) and skipped on rerun, so two 1-thread processes can
