@@ -304,6 +304,23 @@ class RoundPoints(TrainerCallback):
         )
 
 
+def dense_and_dev(args: argparse.Namespace):
+    """The dense fp32 reference (eval mode) and the task's dev set with its collator and metric, for the parts that
+    time and evaluate saved exports."""
+    dense, model_path = load_model(args)
+    dense.eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data_args = DataArguments(
+        task_name=args.task,
+        data_dir=args.glue_dir,
+        max_seq_length=args.max_seq_length,
+        max_train_samples=1,
+        max_eval_samples=args.eval_size,
+    )
+    task, _, dev = build_datasets(data_args, tokenizer, args.data_seed)
+    return dense, dev, DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
+
+
 def timing_part(args: argparse.Namespace) -> None:
     """Time every saved export of the task (fp32 and int8) against the dense fp32 model, alone on the machine."""
     from hf_lottery import load_for_cpu
@@ -320,20 +337,9 @@ def timing_part(args: argparse.Namespace) -> None:
             evaluated.add(key)
     all_threads = torch.get_num_threads()
     points = [p for p in read_points(out_dir / "points.jsonl") if "export" in p]
-    dense, model_path = load_model(args)
-    dense.eval()
     # The int8 model timed here is evaluated again: its weight scales are this hf_lottery's (per-channel since
     # cpu_export.json format 2), which may not be those the training process evaluated.
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data_args = DataArguments(
-        task_name=args.task,
-        data_dir=args.glue_dir,
-        max_seq_length=args.max_seq_length,
-        max_train_samples=1,
-        max_eval_samples=args.eval_size,
-    )
-    task, _, dev = build_datasets(data_args, tokenizer, args.data_seed)
-    collator, metric_fn = DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
+    dense, dev, collator, metric_fn = dense_and_dev(args)
     for p in points:
         key = (p["run"], p["seed"], p["round"])
         if args.timing_rounds is not None and p["round"] not in args.timing_rounds:
@@ -370,18 +376,7 @@ def int8_recipes_part(args: argparse.Namespace) -> None:
     out_dir = Path(args.output_dir) / args.task
     path = out_dir / "int8_recipes.jsonl"
     done = {(r["run"], r["seed"], r["round"], r["recipe"]) for r in read_points(path)}
-    dense, model_path = load_model(args)
-    dense.eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data_args = DataArguments(
-        task_name=args.task,
-        data_dir=args.glue_dir,
-        max_seq_length=args.max_seq_length,
-        max_train_samples=1,
-        max_eval_samples=args.eval_size,
-    )
-    task, _, dev = build_datasets(data_args, tokenizer, args.data_seed)
-    collator, metric_fn = DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
+    dense, dev, collator, metric_fn = dense_and_dev(args)
     for seed in args.seeds:
         for round_index in args.recipe_rounds:
             folder = export_dir(out_dir, args.recipe_run, seed, round_index)
