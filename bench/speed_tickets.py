@@ -14,6 +14,13 @@ its measured speed-up over the dense fp32 model at batch 1 and 32 (all threads) 
 each run is the dense model. The table marks the Pareto front (no other point has a higher metric and a higher
 batch-32 speed-up) and the matching threshold (dense mean - 1 std over the seeds).
 
+Part `layers`: whole blocks instead of heads and neurons. For each seed and each `--layer-drops` spec
+(`top:K` removes the last K blocks, `spread:K` keeps the first and last block and evenly spaced ones between), the
+round-0 model of that seed's `structured+kd` run (dense, fine-tuned; its saved export) loses K blocks with
+`hf_lottery.prune_layers` and is trained once more with distillation from itself (the `--distill` settings, the
+same data and per-round budget). The point (run `layers-top3+kd`, ..., round 1) joins the table; part `timing`
+times it like the others.
+
 Resumable: every finished (run, seed, round) point is appended to `<output-dir>/<task>/points.jsonl` and skipped
 when the script is run again; a killed lottery run continues from its last finished round
 (`resume_from_checkpoint=True`).
@@ -29,6 +36,8 @@ Each record carries the load average before and after.
         --distill distill_alpha=0.5 distill_temperature=2            # 8,000 x 2 epochs; one process per core
     python bench/speed_tickets.py --part pareto --task mrpc          # full, 3 epochs
     python bench/speed_tickets.py --part timing --task sst2          # alone on the machine
+    python bench/speed_tickets.py --part layers --task sst2 --layer-drops top:3 spread:3 --seeds 0 \
+        --distill distill_alpha=0.5 distill_temperature=2            # after the structured+kd runs
     python bench/speed_tickets.py --part int8-recipes --task sst2 --recipe-rounds 3 2   # alone: which Linears go int8
     python bench/speed_tickets.py --part report --task sst2 --dense-reference bench/quality_sst2-8k-kd_results.json
 
@@ -59,14 +68,17 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     EvalPrediction,
+    Trainer,
     TrainerCallback,
+    TrainingArguments,
 )
 
 from glue_tasks import compute_metrics_fn
 from hf_lottery import LotteryArguments, LotteryTrainer, export_for_cpu, measure_speed
 from hf_lottery.cli import DataArguments, build_datasets
 from hf_lottery.deploy import available_backends, cpu_model, load_average, quantize_linears_
-from hf_lottery.structured import structure_counts
+from hf_lottery.structured import prune_layers, structure_counts
+from hf_lottery.training.distillation import Distiller
 
 TASK_BUDGETS = {"sst2": {"train_size": 8000, "epochs": 2.0}, "mrpc": {"train_size": None, "epochs": 3.0}}
 RUNS = ("structured", "structured+kd", "unstructured")
@@ -82,7 +94,9 @@ INT8_RECIPES: dict[str, list[str] | None] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["backends", "pareto", "timing", "int8-recipes", "report"], required=True)
+    p.add_argument(
+        "--part", choices=["backends", "pareto", "timing", "int8-recipes", "layers", "report"], required=True
+    )
     p.add_argument("--output-dir", default="bench/speed_tickets", help="points.jsonl, runs and reports go here")
     p.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2 from its package)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length of the timings")
@@ -123,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # int8-recipes
     p.add_argument("--recipe-run", default="structured+kd", choices=RUNS, help="the run whose exports are quantized")
     p.add_argument("--recipe-rounds", type=int, nargs="+", default=[3], help="its rounds (saved fp32 exports)")
+    p.add_argument(
+        "--layer-drops", nargs="+", default=["top:3", "spread:3"], help="part layers: STRATEGY:K (top, spread)"
+    )
     p.add_argument("--recipes", nargs="+", default=list(INT8_RECIPES), choices=list(INT8_RECIPES))
     return p.parse_args(argv)
 
@@ -408,9 +425,10 @@ def int8_recipes_part(args: argparse.Namespace) -> None:
                 print(f"[{args.recipe_run} seed {seed} round {round_index}] {recipe}: {point['metrics_int8']} {shown}")
 
 
-def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir: Path) -> LotteryArguments | str:
+def training_values(args: argparse.Namespace, seed: int, output_dir: Path) -> dict[str, Any]:
+    """The TrainingArguments fields every run of the study shares (one lottery round's budget)."""
     budget = TASK_BUDGETS[args.task]
-    common = dict(
+    return dict(
         output_dir=str(output_dir),
         learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size,
@@ -419,7 +437,6 @@ def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir:
         max_steps=args.max_steps,
         warmup_steps=0.1,
         train_sampling_strategy=args.sampling,
-        rewind=args.rewind,
         save_strategy="epoch",
         save_total_limit=1,
         eval_strategy="no",
@@ -430,6 +447,10 @@ def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir:
         seed=seed,
         use_cpu=True,
     )
+
+
+def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir: Path) -> LotteryArguments | str:
+    common = {**training_values(args, seed, output_dir), "rewind": args.rewind}
     if run.startswith("structured"):
         common.update(
             granularity="head+neuron",
@@ -452,6 +473,90 @@ def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir:
                 return f"LotteryArguments has no field {key!r}"
             common[key] = json.loads(value) if value[:1] in "0123456789.-[{tf" else value
     return LotteryArguments(**common)
+
+
+def layer_positions(spec: str, num_layers: int) -> tuple[str, list[int]]:
+    """`top:K` / `spread:K` -> (run name, the positions of the blocks to remove)."""
+    strategy, _, count = spec.partition(":")
+    k = int(count)
+    if not 0 < k < num_layers:
+        raise ValueError(f"--layer-drops {spec!r}: K must be in 1..{num_layers - 1}")
+    if strategy == "top":
+        drop = list(range(num_layers - k, num_layers))
+    elif strategy == "spread":
+        kept = num_layers - k
+        keep = {0} if kept == 1 else {round(i * (num_layers - 1) / (kept - 1)) for i in range(kept)}
+        drop = [i for i in range(num_layers) if i not in keep]
+    else:
+        raise ValueError(f"--layer-drops {spec!r}: strategy must be top or spread")
+    return f"layers-{strategy}{k}+kd", drop
+
+
+def layers_part(args: argparse.Namespace) -> None:
+    """Remove whole blocks from each seed's fine-tuned dense model, train once more with distillation, record."""
+    out_dir = Path(args.output_dir) / args.task
+    points_path = out_dir / "points.jsonl"
+    done = {(p["run"], p["seed"], p["round"]) for p in read_points(points_path) if "round" in p}
+    distill = dict(item.partition("=")[::2] for item in args.distill)
+    alpha, temperature = float(distill.get("distill_alpha", 0.5)), float(distill.get("distill_temperature", 2.0))
+    budget = TASK_BUDGETS[args.task]
+    train_size = budget["train_size"] if args.train_size == -1 else args.train_size
+    _, model_path = load_model(args)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data_args = DataArguments(
+        task_name=args.task,
+        data_dir=args.glue_dir,
+        max_seq_length=args.max_seq_length,
+        max_train_samples=train_size,
+        max_eval_samples=args.eval_size,
+    )
+    task, train, dev = build_datasets(data_args, tokenizer, args.data_seed)
+    collator = DataCollatorWithPadding(tokenizer)
+    metric_fn = compute_metrics_fn(task.name)
+    for seed in args.seeds:
+        source = export_dir(out_dir, "structured+kd", seed, 0)
+        if not (source / "config.json").is_file():
+            print(f"[layers seed {seed}] no round-0 export at {source}: run part pareto (structured+kd) first")
+            continue
+        for spec in args.layer_drops:
+            teacher = AutoModelForSequenceClassification.from_pretrained(source).eval()
+            run, drop = layer_positions(spec, teacher.config.num_hidden_layers)
+            if (run, seed, 1) in done:
+                continue
+            student = AutoModelForSequenceClassification.from_pretrained(source)
+            prune_layers(student, drop)
+            run_dir = out_dir / f"{run}-seed{seed}"
+            values = training_values(args, seed, run_dir)
+            values.update(save_strategy="no", save_total_limit=None)
+            distiller = Distiller(teacher, alpha, temperature, regression=False)
+            distiller.attach(student)
+            started = conditions(args)
+            trainer = Trainer(
+                model=student,
+                args=TrainingArguments(**values),
+                train_dataset=train,
+                data_collator=collator,
+                processing_class=tokenizer,
+                compute_loss_func=distiller.compute_loss_func,
+            )
+            result = trainer.train()
+            distiller.detach()
+            student.eval()
+            folder = export_dir(out_dir, run, seed, 1)
+            point: dict[str, Any] = {"run": run, "seed": seed, "round": 1, **started}
+            point["sparsity"] = len(drop) / teacher.config.num_hidden_layers
+            point["layers_removed"] = drop
+            point["train_seconds"] = result.metrics.get("train_runtime")
+            point["export"] = str(folder)
+            with torch.no_grad():
+                exported = export_for_cpu(student, folder, quantize=None, tokenizer=None)
+                point["metrics_fp32"] = evaluate(exported, dev, collator, metric_fn)
+                point["metrics_int8"] = evaluate(export_for_cpu(student, quantize="int8"), dev, collator, metric_fn)
+            point["structure"] = structure_counts(exported)
+            point["load_average_after"] = load_average()
+            append_point(points_path, point)
+            done.add((run, seed, 1))
+            print(f"[{run} seed {seed}] removed {drop} fp32 {point['metrics_fp32']} int8 {point['metrics_int8']}")
 
 
 def pareto_part(args: argparse.Namespace) -> None:
@@ -547,7 +652,9 @@ def write_report(args: argparse.Namespace, points: list[dict[str, Any]], path: P
     for p in rows:
         counts = p.get("structure")
         removed = (
-            f"{counts['heads']['total'] - counts['heads']['remaining']} / "
+            f"layers {', '.join(map(str, p['layers_removed']))}"
+            if p.get("layers_removed")
+            else f"{counts['heads']['total'] - counts['heads']['remaining']} / "
             f"{counts['neurons']['total'] - counts['neurons']['remaining']}"
             if counts
             else "–"
@@ -643,6 +750,8 @@ def main(argv: list[str] | None = None) -> None:
         timing_part(args)
     elif args.part == "int8-recipes":
         int8_recipes_part(args)
+    elif args.part == "layers":
+        layers_part(args)
     else:
         out_dir = Path(args.output_dir) / args.task
         write_report(args, merged_points(out_dir), out_dir / "pareto.md")

@@ -23,8 +23,11 @@ from transformers import PreTrainedModel
 from ..structured.flops import encoder_matmul_flops
 from ..structured.layouts import find_layout
 from ..structured.shrink import PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR
+from ..structured.surgery import PRUNED_LAYERS_ATTR, removed_layers
 
 ALL_THREADS = "all"
+# No released transformer is deeper; bounds what a config's `pruned_layers` record can make the reference allocate.
+MAX_REFERENCE_LAYERS = 1024
 
 
 def cpu_model() -> str:
@@ -157,14 +160,26 @@ class SpeedReport:
 
 def unpruned_reference(model: nn.Module) -> nn.Module:
     """
-    A model of `model`'s class and config with nothing removed (no `pruned_heads` / `pruned_neurons`), fp32, with
-    randomly initialised weights: a latency reference for a shrunk model when the dense one is not at hand (dense
-    fp32 latency does not depend on the weight values).
+    A model of `model`'s class and config with nothing removed (no `pruned_heads` / `pruned_neurons`, the blocks
+    of `pruned_layers` back), fp32, with randomly initialised weights: a latency reference for a shrunk model when
+    the dense one is not at hand (dense fp32 latency does not depend on the weight values).
     """
-    config = copy.deepcopy(model.config)
+    config: Any = copy.deepcopy(model.config)  # a transformers config: the reference is of a transformers model
     for attr in (PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR):
         if hasattr(config, attr):
             setattr(config, attr, {})
+    layout = find_layout(config)
+    if layout is not None and getattr(config, PRUNED_LAYERS_ATTR, None):
+        depth = int(getattr(config, layout.config_num_layers)) + len(removed_layers(config))
+        if depth > MAX_REFERENCE_LAYERS:
+            raise ValueError(
+                f"The config records {depth} layers before `prune_layers`; the unpruned reference is limited to "
+                f"{MAX_REFERENCE_LAYERS}. Pass a saved reference model instead (`reference=`, CLI --reference DIR)."
+            )
+        values = {**config.to_dict(), layout.config_num_layers: depth, PRUNED_LAYERS_ATTR: []}
+        if "layer_types" in values:
+            values["layer_types"] = None  # per-layer lists are rebuilt for the full depth by the config's defaults
+        config = type(config).from_dict(values)
     return type(model)(config).eval()
 
 

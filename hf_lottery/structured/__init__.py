@@ -30,7 +30,14 @@ from .scores import (
     score_structures,
 )
 from .stripes import StripeConv2d, stripe_conv_im2col
-from .surgery import prune_heads, prune_neurons, pruned_structure, structure_counts
+from .surgery import (
+    prune_heads,
+    prune_layers,
+    prune_neurons,
+    pruned_structure,
+    removed_layers,
+    structure_counts,
+)
 
 __all__ = [
     "STRUCTURE_SCORERS",
@@ -56,10 +63,12 @@ __all__ = [
     "polarization_regularizer",
     "prune_heads",
     "prune_channels",
+    "prune_layers",
     "prune_neurons",
     "prune_stripes",
     "pruned_structure",
     "random_scores",
+    "removed_layers",
     "register_structure_scoring",
     "register_conv_layout",
     "register_layout",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -153,6 +153,122 @@ def prune_neurons(model: PreTrainedModel, neurons_to_prune: Mapping[int, Iterabl
         range, duplicated or already removed (nothing is modified then).
     """
     return _prune(model, neurons_to_prune, "neuron")
+
+
+PRUNED_LAYERS_ATTR = "pruned_layers"
+
+
+def _layer_list(value: Any, field: str) -> list[int]:
+    """A config's list of original layer indices (`pruned_layers`), checked: distinct non-negative integers."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"`{field}` must be a list of layer indices, got {type(value).__name__}.")
+    indices = [_as_int(v) for v in value]
+    if any(i is None or i < 0 for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"`{field}` must hold distinct non-negative layer indices, got {list(value)!r}.")
+    return sorted(cast(list[int], indices))
+
+
+def removed_layers(config: Any) -> list[int]:
+    """
+    The original indices of the blocks [`prune_layers`] removed (`config.pruned_layers`), sorted.
+
+    Raises:
+        `ValueError`: if the record is not a list of distinct non-negative integers, or names a layer beyond the
+        original depth (`num_hidden_layers` + removed).
+    """
+    removed = _layer_list(getattr(config, PRUNED_LAYERS_ATTR, None), PRUNED_LAYERS_ATTR)
+    layout = get_layout(config)
+    total = int(getattr(config, layout.config_num_layers)) + len(removed)
+    if removed and removed[-1] >= total:
+        raise ValueError(
+            f"`{PRUNED_LAYERS_ATTR}` names layer {removed[-1]}, but the unpruned model had {total} layers "
+            f"({layout.config_num_layers} kept + {len(removed)} removed)."
+        )
+    return removed
+
+
+def prune_layers(model: PreTrainedModel, layers: Iterable[int]) -> PreTrainedModel:
+    """
+    Physically remove whole transformer blocks: the residual stream skips them.
+
+    `layers` are positions in the model as it is now (the numbering of `prune_heads`' layer keys). The config's layer
+    count (`num_hidden_layers` or its family's name) shrinks, the kept blocks are renumbered `0..kept - 1` (their
+    `pruned_heads` / `pruned_neurons` records move with them, and per-layer config lists such as `layer_types` and
+    the attention modules' `layer_idx` follow), and `config.pruned_layers` records the ORIGINAL indices removed so
+    far. The checkpoint that `save_pretrained` writes is a plain shallower model: without removed heads or neurons
+    it loads with `from_pretrained` even where hf_lottery is not installed. Build optimizers after the surgery.
+
+    Args:
+        model (`PreTrainedModel`):
+            A model of a supported family (see `hf_lottery.structured.layouts`); modified in place.
+        layers (`Iterable[int]`):
+            Positions of the blocks to remove.
+
+    Returns:
+        `PreTrainedModel`: the same model.
+
+    Raises:
+        `ValueError`: for an unsupported family, a position that is not an integer, out of range or duplicated, or a
+        request that would remove every block (nothing is modified then).
+
+    Example:
+
+    ```python
+    >>> from hf_lottery.structured import prune_layers
+    >>> prune_layers(model, [3, 5])  # a 6-layer model keeps its blocks 0, 1, 2 and 4
+    ```
+    """
+    layout = get_layout(model.config)
+    blocks = get_blocks(model, layout)
+    if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
+        raise ValueError(f"prune_layers expects a list of layer positions, got {type(layers).__name__}.")
+    requested: list[int] = []
+    for raw in layers:
+        position = _as_int(raw)
+        if position is None or not 0 <= position < len(blocks):
+            raise ValueError(
+                f"prune_layers: {raw!r} is not a valid layer position (valid positions: 0..{len(blocks) - 1})."
+            )
+        if position in requested:
+            raise ValueError(f"prune_layers: layer {position} is listed twice.")
+        requested.append(position)
+    if len(requested) == len(blocks):
+        raise ValueError(f"prune_layers: removing all {len(blocks)} layers leaves no transformer block; keep one.")
+    if not requested:
+        return model
+    config = model.config
+    before = removed_layers(config)
+    original = [i for i in range(len(blocks) + len(before)) if i not in set(before)]  # position -> original index
+    keep = [p for p in range(len(blocks)) if p not in set(requested)]
+    for attr in ("layer_types",):  # per-layer config lists
+        values = getattr(config, attr, None)
+        if isinstance(values, list) and len(values) == len(blocks):
+            setattr(config, attr, [values[p] for p in keep])
+    kept_blocks = [blocks[p] for p in keep]
+    for new_index, block in enumerate(kept_blocks):
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index  # type: ignore[assignment]  # an int, which torch types as Tensor | Module
+    base = getattr(model, "base_model", model)
+    parent_path, _, name = layout.layers.rpartition(".")
+    parent = base.get_submodule(parent_path) if parent_path else base
+    setattr(parent, name, nn.ModuleList(kept_blocks))
+    setattr(config, layout.config_num_layers, len(kept_blocks))
+    setattr(config, PRUNED_LAYERS_ATTR, sorted(before + [original[p] for p in requested]))
+    for attr in (PRUNED_HEADS_ATTR, PRUNED_NEURONS_ATTR):
+        if getattr(config, attr, None) is not None or any(getattr(b, attr, None) for b in kept_blocks):
+            setattr(
+                config,
+                attr,
+                {i: sorted(getattr(b, attr)) for i, b in enumerate(kept_blocks) if getattr(b, attr, None)},
+            )
+    logger.info(
+        f"Removed {len(requested)} layer(s); {len(kept_blocks)} remain (original layers removed so far: "
+        f"{getattr(config, PRUNED_LAYERS_ATTR)})."
+    )
+    return model
 
 
 def pruned_structure(model: PreTrainedModel) -> dict[str, dict[int, list[int]]]:
