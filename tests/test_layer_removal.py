@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from structured_helpers import FAMILIES, inputs, logits, tiny_config
 from transformers import AutoModelForSequenceClassification
 
-from hf_lottery.deploy import unpruned_reference
+from hf_lottery.deploy import export_for_cpu, load_for_cpu, measure_speed, unpruned_reference
 from hf_lottery.structured import (
     encoder_matmul_flops,
     get_layout,
@@ -181,3 +181,20 @@ def test_decoder_layers_are_renumbered_for_the_cache(family):
         cached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True)
         uncached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_a_layer_and_head_pruned_export_loads_back_exactly(tmp_path):
+    model = _deep_model("bert", layers=4)
+    prune_heads(model, {0: [1]})
+    prune_layers(model, [3])
+    exported = export_for_cpu(model, tmp_path / "cpu", quantize=None)
+    loaded = load_for_cpu(tmp_path / "cpu")
+    assert loaded.config.num_hidden_layers == 3 and loaded.config.pruned_layers == [3]
+    batch = inputs()
+    expected = logits(model, batch)
+    torch.testing.assert_close(logits(exported, batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(loaded, batch), expected, rtol=0, atol=0)
+    reference = unpruned_reference(loaded)  # what `hf-lottery speed PATH` times against by default
+    report = measure_speed(loaded, reference, batch_sizes=[1], seq_len=16, threads=[1], repeats=1, warmup=0)
+    dense_flops = encoder_matmul_flops(_deep_model("bert", layers=4), 16)
+    assert report.figures[0].flop_ideal == pytest.approx(dense_flops / encoder_matmul_flops(loaded, 16))
