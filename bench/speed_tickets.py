@@ -19,7 +19,9 @@ Part `layers`: whole blocks instead of heads and neurons. For each seed and each
 round-0 model of that seed's `structured+kd` run (dense, fine-tuned; its saved export) loses K blocks with
 `hf_lottery.prune_layers` and is trained once more with distillation from itself (the `--distill` settings, the
 same data and per-round budget). The point (run `layers-top3+kd`, ..., round 1) joins the table; part `timing`
-times it like the others.
+times it like the others. `--layer-rounds N` removes the K blocks over N rounds instead (from the top down, each
+round trained with the per-round budget and a fresh learning-rate schedule, as learning-rate rewinding does:
+the budget of an N-round structured ticket), run `layers-top3-3r+kd`, one point per round.
 
 Resumable: every finished (run, seed, round) point is appended to `<output-dir>/<task>/points.jsonl` and skipped
 when the script is run again; a killed lottery run continues from its last finished round
@@ -77,7 +79,7 @@ from glue_tasks import compute_metrics_fn
 from hf_lottery import LotteryArguments, LotteryTrainer, export_for_cpu, measure_speed
 from hf_lottery.cli import DataArguments, build_datasets
 from hf_lottery.deploy import available_backends, cpu_model, load_average, quantize_linears_
-from hf_lottery.structured import prune_layers, structure_counts
+from hf_lottery.structured import prune_layers, removed_layers, structure_counts
 from hf_lottery.training.distillation import Distiller
 
 TASK_BUDGETS = {"sst2": {"train_size": 8000, "epochs": 2.0}, "mrpc": {"train_size": None, "epochs": 3.0}}
@@ -139,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe-rounds", type=int, nargs="+", default=[3], help="its rounds (saved fp32 exports)")
     p.add_argument(
         "--layer-drops", nargs="+", default=["top:3", "spread:3"], help="part layers: STRATEGY:K (top, spread)"
+    )
+    p.add_argument(
+        "--layer-rounds", type=int, default=1, help="part layers: remove the K blocks over this many rounds"
     )
     p.add_argument("--recipes", nargs="+", default=list(INT8_RECIPES), choices=list(INT8_RECIPES))
     return p.parse_args(argv)
@@ -520,43 +525,65 @@ def layers_part(args: argparse.Namespace) -> None:
             continue
         for spec in args.layer_drops:
             teacher = AutoModelForSequenceClassification.from_pretrained(source).eval()
-            run, drop = layer_positions(spec, teacher.config.num_hidden_layers)
-            if (run, seed, 1) in done:
-                continue
-            student = AutoModelForSequenceClassification.from_pretrained(source)
-            prune_layers(student, drop)
-            run_dir = out_dir / f"{run}-seed{seed}"
-            values = training_values(args, seed, run_dir)
-            values.update(save_strategy="no", save_total_limit=None)
-            distiller = Distiller(teacher, alpha, temperature, regression=False)
-            distiller.attach(student)
-            started = conditions(args)
-            trainer = Trainer(
-                model=student,
-                args=TrainingArguments(**values),
-                train_dataset=train,
-                data_collator=collator,
-                processing_class=tokenizer,
-                compute_loss_func=distiller.compute_loss_func,
-            )
-            result = trainer.train()
-            distiller.detach()
-            student.eval()
-            folder = export_dir(out_dir, run, seed, 1)
-            point: dict[str, Any] = {"run": run, "seed": seed, "round": 1, **started}
-            point["sparsity"] = len(drop) / teacher.config.num_hidden_layers
-            point["layers_removed"] = drop
-            point["train_seconds"] = result.metrics.get("train_runtime")
-            point["export"] = str(folder)
-            with torch.no_grad():
-                exported = export_for_cpu(student, folder, quantize=None, tokenizer=None)
-                point["metrics_fp32"] = evaluate(exported, dev, collator, metric_fn)
-                point["metrics_int8"] = evaluate(export_for_cpu(student, quantize="int8"), dev, collator, metric_fn)
-            point["structure"] = structure_counts(exported)
-            point["load_average_after"] = load_average()
-            append_point(points_path, point)
-            done.add((run, seed, 1))
-            print(f"[{run} seed {seed}] removed {drop} fp32 {point['metrics_fp32']} int8 {point['metrics_int8']}")
+            depth = teacher.config.num_hidden_layers
+            run, drop = layer_positions(spec, depth)
+            rounds = args.layer_rounds
+            if rounds > 1:
+                run = run.replace("+kd", f"-{rounds}r+kd")
+            # Gradually: the blocks to remove, from the top down, in `rounds` nearly equal chunks (original indices).
+            order = sorted(drop, reverse=True)
+            chunks = [order[len(order) * r // rounds : len(order) * (r + 1) // rounds] for r in range(rounds)]
+            if any(not chunk for chunk in chunks):
+                raise ValueError(f"--layer-rounds {rounds} exceeds the {len(drop)} blocks {spec!r} removes")
+            student, removed = None, []
+            for round_index, chunk in enumerate(chunks, start=1):
+                folder = export_dir(out_dir, run, seed, round_index)
+                removed = sorted(removed + chunk)
+                if (run, seed, round_index) in done:
+                    student = None  # continue from this round's saved export
+                    continue
+                if student is None:
+                    previous = source if round_index == 1 else export_dir(out_dir, run, seed, round_index - 1)
+                    student = AutoModelForSequenceClassification.from_pretrained(previous)
+                before = removed_layers(student.config)
+                positions = [i - sum(b < i for b in before) for i in chunk]  # original index -> position now
+                prune_layers(student, positions)
+                values = training_values(args, seed, out_dir / f"{run}-seed{seed}")
+                values.update(save_strategy="no", save_total_limit=None)
+                distiller = Distiller(teacher, alpha, temperature, regression=False)
+                distiller.attach(student)
+                started = conditions(args)
+                student.train()
+                trainer = Trainer(
+                    model=student,
+                    args=TrainingArguments(**values),
+                    train_dataset=train,
+                    data_collator=collator,
+                    processing_class=tokenizer,
+                    compute_loss_func=distiller.compute_loss_func,
+                )
+                result = trainer.train()
+                distiller.detach()
+                student.eval()
+                point: dict[str, Any] = {"run": run, "seed": seed, "round": round_index, **started}
+                point["sparsity"] = len(removed) / depth
+                point["layers_removed"] = removed
+                point["train_seconds"] = result.metrics.get("train_runtime")
+                point["export"] = str(folder)
+                with torch.no_grad():
+                    exported = export_for_cpu(student, folder, quantize=None, tokenizer=None)
+                    point["metrics_fp32"] = evaluate(exported, dev, collator, metric_fn)
+                    int8 = export_for_cpu(student, quantize="int8")
+                    point["metrics_int8"] = evaluate(int8, dev, collator, metric_fn)
+                point["structure"] = structure_counts(exported)
+                point["load_average_after"] = load_average()
+                append_point(points_path, point)
+                done.add((run, seed, round_index))
+                print(
+                    f"[{run} seed {seed} round {round_index}] removed {removed} fp32 {point['metrics_fp32']} "
+                    f"int8 {point['metrics_int8']}",
+                    flush=True,
+                )
 
 
 def pareto_part(args: argparse.Namespace) -> None:
