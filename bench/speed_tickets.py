@@ -122,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--timing-rounds", type=int, nargs="+", default=None, help="part timing: only these rounds (default: all)"
     )
+    p.add_argument("--timing-runs", nargs="+", default=None, help="part timing: only these runs (default: all)")
+    p.add_argument("--timing-seeds", type=int, nargs="+", default=None, help="part timing: only these seeds")
     p.add_argument(
         "--dense-reference",
         default=None,
@@ -365,6 +367,10 @@ def timing_part(args: argparse.Namespace) -> None:
     for p in points:
         key = (p["run"], p["seed"], p["round"])
         if args.timing_rounds is not None and p["round"] not in args.timing_rounds:
+            continue
+        if (args.timing_runs is not None and p["run"] not in args.timing_runs) or (
+            args.timing_seeds is not None and p["seed"] not in args.timing_seeds
+        ):
             continue
         threads = [t for t in threads_of(args) if (all_threads if t == "all" else t) not in timed.get(key, set())]
         if not threads:
