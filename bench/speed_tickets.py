@@ -486,6 +486,22 @@ def lottery_arguments(args: argparse.Namespace, run: str, seed: int, output_dir:
     return LotteryArguments(**common)
 
 
+def training_data(args: argparse.Namespace, model_path: str):
+    """The tokenizer, task, train subsample (the task's budget), dev set, collator and metric of the study."""
+    budget = TASK_BUDGETS[args.task]
+    train_size = budget["train_size"] if args.train_size == -1 else args.train_size
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data_args = DataArguments(
+        task_name=args.task,
+        data_dir=args.glue_dir,
+        max_seq_length=args.max_seq_length,
+        max_train_samples=train_size,
+        max_eval_samples=args.eval_size,
+    )
+    task, train, dev = build_datasets(data_args, tokenizer, args.data_seed)
+    return tokenizer, task, train, dev, DataCollatorWithPadding(tokenizer), compute_metrics_fn(task.name)
+
+
 def layer_positions(spec: str, num_layers: int) -> tuple[str, list[int]]:
     """`top:K` / `spread:K` -> (run name, the positions of the blocks to remove)."""
     strategy, _, count = spec.partition(":")
@@ -510,20 +526,8 @@ def layers_part(args: argparse.Namespace) -> None:
     done = {(p["run"], p["seed"], p["round"]) for p in read_points(points_path) if "round" in p}
     distill = dict(item.partition("=")[::2] for item in args.distill)
     alpha, temperature = float(distill.get("distill_alpha", 0.5)), float(distill.get("distill_temperature", 2.0))
-    budget = TASK_BUDGETS[args.task]
-    train_size = budget["train_size"] if args.train_size == -1 else args.train_size
     _, model_path = load_model(args)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data_args = DataArguments(
-        task_name=args.task,
-        data_dir=args.glue_dir,
-        max_seq_length=args.max_seq_length,
-        max_train_samples=train_size,
-        max_eval_samples=args.eval_size,
-    )
-    task, train, dev = build_datasets(data_args, tokenizer, args.data_seed)
-    collator = DataCollatorWithPadding(tokenizer)
-    metric_fn = compute_metrics_fn(task.name)
+    tokenizer, task, train, dev, collator, metric_fn = training_data(args, model_path)
     for seed in args.seeds:
         source = export_dir(out_dir, "structured+kd", seed, 0)
         if not (source / "config.json").is_file():
@@ -598,21 +602,9 @@ def pareto_part(args: argparse.Namespace) -> None:
     points = read_points(points_path)
     done = {(p["run"], p["seed"], p["round"]) for p in points if "round" in p}
     skipped = {(p["run"], p["seed"]) for p in points if "skipped" in p}
-    budget = TASK_BUDGETS[args.task]
-    train_size = budget["train_size"] if args.train_size == -1 else args.train_size
     for seed in args.seeds:
         dense, model_path = load_model(args)
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        data_args = DataArguments(
-            task_name=args.task,
-            data_dir=args.glue_dir,
-            max_seq_length=args.max_seq_length,
-            max_train_samples=train_size,
-            max_eval_samples=args.eval_size,
-        )
-        task, train, dev = build_datasets(data_args, tokenizer, args.data_seed)
-        collator = DataCollatorWithPadding(tokenizer)
-        metric_fn = compute_metrics_fn(task.name)
+        tokenizer, task, train, dev, collator, metric_fn = training_data(args, model_path)
         for run in args.runs:
             if (run, seed) in skipped:
                 continue
