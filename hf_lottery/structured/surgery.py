@@ -242,10 +242,9 @@ def prune_layers(model: PreTrainedModel, layers: Iterable[int]) -> PreTrainedMod
     before = removed_layers(config)
     original = [i for i in range(len(blocks) + len(before)) if i not in set(before)]  # position -> original index
     keep = [p for p in range(len(blocks)) if p not in set(requested)]
-    for attr in ("layer_types",):  # per-layer config lists
-        values = getattr(config, attr, None)
-        if isinstance(values, list) and len(values) == len(blocks):
-            setattr(config, attr, [values[p] for p in keep])
+    layer_types = getattr(config, "layer_types", None)  # the one per-layer config list transformers keeps
+    if isinstance(layer_types, list) and len(layer_types) == len(blocks):
+        config.layer_types = [layer_types[p] for p in keep]
     kept_blocks = [blocks[p] for p in keep]
     for new_index, block in enumerate(kept_blocks):
         for module in block.modules():
