@@ -22,6 +22,7 @@ from hf_lottery import (
     export_for_cpu,
     load_for_cpu,
     measure_speed,
+    pad_neurons,
     prune_heads,
     pruned_structure,
     write_speed_card,
@@ -66,7 +67,7 @@ def outputs(model: nn.Module, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 def test_fp32_export_is_the_compacted_model(family):
     model, mask = structured_ticket(family)
-    exported = export_for_cpu(model, mask=mask, quantize=None)
+    exported = export_for_cpu(model, mask=mask, quantize=None, neuron_multiple_of=None)
     compacted = compact_by_mask(model, mask).eval()
     assert pruned_structure(exported) == pruned_structure(compacted)
     assert sum(len(v) for v in pruned_structure(exported)["heads"].values()) == 4  # half of 2 layers x 4 heads
@@ -84,10 +85,29 @@ def test_export_infers_dead_groups_of_an_already_shrunk_model():
     with torch.no_grad():  # original head 3 sits at position 2 after head 1 went; its output columns are zeroed
         model.bert.encoder.layer[0].attention.output.dense.weight[:, 2 * head_size : 3 * head_size] = 0
         model.bert.encoder.layer[1].output.dense.weight[:, [0, 47]] = 0
-    exported = export_for_cpu(model, quantize=None)
+    exported = export_for_cpu(model, quantize=None, neuron_multiple_of=None)
     assert pruned_structure(exported) == {"heads": {0: [1, 3]}, "neurons": {1: [0, 47]}}
     torch.testing.assert_close(outputs(exported)[0], outputs(model)[0], atol=1e-6, rtol=1e-5)
     assert pruned_structure(model) == {"heads": {0: [1]}, "neurons": {}}  # the input is not modified
+
+
+@pytest.mark.parametrize("multiple", [16, 8])
+def test_export_pads_the_feed_forward_widths(tmp_path, multiple):
+    model, mask = structured_ticket()
+    unpadded = export_for_cpu(model, mask=mask, quantize=None, neuron_multiple_of=None)
+    exported = export_for_cpu(model, tmp_path / "export", mask=mask, quantize=None, neuron_multiple_of=multiple)
+    before = [layer.intermediate.dense.out_features for layer in unpadded.bert.encoder.layer]
+    after = [layer.intermediate.dense.out_features for layer in exported.bert.encoder.layer]
+    assert any(n % multiple for n in before)  # the tiny ticket has ragged widths to pad
+    total = model.config.intermediate_size
+    assert after == [min(-(-n // multiple) * multiple, total) for n in before]
+    assert pruned_structure(exported)["heads"] == pruned_structure(unpadded)["heads"]
+    for a, b in zip(outputs(exported), outputs(unpadded)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert json.loads((tmp_path / "export" / CPU_EXPORT_CONFIG_NAME).read_text())["neuron_multiple_of"] == multiple
+    loaded = load_for_cpu(tmp_path / "export")
+    assert [layer.intermediate.dense.out_features for layer in loaded.bert.encoder.layer] == after
+    assert torch.equal(outputs(loaded)[0], outputs(exported)[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -117,7 +137,9 @@ def test_save_and_load_round_trip(tmp_path, quantize):
     assert pruned_structure(loaded) == pruned_structure(exported)
     # Without hf_lottery's loader the folder is a plain checkpoint of the compacted fp32 model.
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
-    assert torch.equal(outputs(plain)[0], outputs(compact_by_mask(model, mask).eval())[0])
+    fp32 = compact_by_mask(model, mask).eval()
+    pad_neurons(fp32, 16)  # the export's default width quantum
+    assert torch.equal(outputs(plain)[0], outputs(fp32)[0])
     files = {p.name for p in (tmp_path / "export").iterdir()}
     assert CPU_EXPORT_CONFIG_NAME in files and TICKET_CARD_NAME in files
     assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))}
@@ -247,6 +269,9 @@ BAD_EXPORT_CONFIGS = {
             "modules": [],
             "architecture": "X",
         }
+    ),
+    "bad width quantum": json.dumps(
+        {"format_version": 2, "quantize": None, "neuron_multiple_of": -16, "architecture": "X"}
     ),
     "modules not strings": json.dumps(
         {"format_version": 1, "quantize": "int8", "backend": "torch.ao", "modules": [1], "architecture": "X"}

@@ -31,6 +31,7 @@ from .scores import (
 )
 from .stripes import StripeConv2d, stripe_conv_im2col
 from .surgery import (
+    pad_neurons,
     prune_heads,
     prune_layers,
     prune_neurons,
@@ -60,6 +61,7 @@ __all__ = [
     "get_conv_layout",
     "get_layout",
     "magnitude_scores",
+    "pad_neurons",
     "polarization_regularizer",
     "prune_heads",
     "prune_channels",

@@ -144,6 +144,49 @@ def remove_neurons_(block: nn.Module, layout: BlockLayout, num_neurons: int, neu
     setattr(block, PRUNED_NEURONS_ATTR, removed | neurons)
 
 
+def widen_linear_(linear: nn.Linear, source: list[int], dim: int) -> None:
+    """
+    Grow `linear` along `dim` (0: output rows and bias, 1: input columns), in place: new position `p` takes the old
+    row or column `source[p]`, or zeros where `source[p]` is -1.
+    """
+    weight = linear.weight.detach()
+    shape = list(weight.shape)
+    shape[dim] = len(source)
+    dest = torch.tensor([p for p, s in enumerate(source) if s >= 0], dtype=torch.long, device=weight.device)
+    src = torch.tensor([s for s in source if s >= 0], dtype=torch.long, device=weight.device)
+    grown = weight.new_zeros(shape).index_copy_(dim, dest, weight.index_select(dim, src))
+    linear.weight = nn.Parameter(grown, requires_grad=linear.weight.requires_grad)
+    if dim == 0:
+        if linear.bias is not None:
+            bias = linear.bias
+            grown_bias = bias.detach().new_zeros(len(source)).index_copy_(0, dest, bias.detach().index_select(0, src))
+            linear.bias = nn.Parameter(grown_bias, requires_grad=bias.requires_grad)
+        linear.out_features = len(source)
+    else:
+        linear.in_features = len(source)
+
+
+def restore_neurons_(block: nn.Module, layout: BlockLayout, num_neurons: int, neurons: Iterable[int]) -> None:
+    """
+    Put removed feed-forward neurons back as zeros, in place: their intermediate rows and bias entries and their
+    output columns are zero, so the block computes the same function (whatever the activation gives at 0, the zero
+    output columns drop it).
+
+    `neurons` are original indices, already validated (removed from this block); `num_neurons` is the intermediate
+    size of the unpruned layer.
+    """
+    neurons = set(neurons)
+    if not neurons:
+        return
+    removed = set(getattr(block, PRUNED_NEURONS_ATTR, ()))
+    position = {n: p for p, n in enumerate(kept_indices(num_neurons, removed))}
+    source = [position.get(n, -1) for n in kept_indices(num_neurons, removed - neurons)]
+    for path in (layout.intermediate, *layout.intermediate_extra):
+        widen_linear_(layout_linear(block, path), source, dim=0)
+    widen_linear_(layout_linear(block, layout.output), source, dim=1)
+    setattr(block, PRUNED_NEURONS_ATTR, removed - neurons)
+
+
 def normalize_structure(value: Any, field: str, num_layers: int, group_size: int) -> dict[int, list[int]]:
     """
     Parse a `{layer: [indices]}` record (JSON gives string keys) into `{int: sorted list}`, dropping empty layers.
