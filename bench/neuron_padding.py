@@ -11,6 +11,7 @@ Outputs of every padded model are checked equal to the pruned one's (to 1e-5) be
 
     python bench/neuron_padding.py bench/_cache/speed_tickets/mrpc/structured+kd-seed*/exports/round-3 \
         --int8 --output bench/neuron_padding.jsonl
+    python bench/neuron_padding.py --widths 601 607 608 612 616 624 --threads 1   # the FFN pair per width
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ INT8_MODULES = [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifi
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("exports", nargs="+", type=Path, help="fp32 CPU export folders")
+    p.add_argument("exports", nargs="*", type=Path, help="fp32 CPU export folders")
+    p.add_argument(
+        "--widths",
+        nargs="+",
+        type=int,
+        help="instead: time the FFN pair hidden -> width -> hidden (4,096 rows) per width, against the full width",
+    )
+    p.add_argument("--hidden", type=int, default=384)
+    p.add_argument("--full-width", type=int, default=1536)
     p.add_argument("--multiples", nargs="+", type=int, default=[16, 32])
     p.add_argument("--int8", action="store_true", help="also time the int8 recipe, pruned and padded to 16")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 1])
@@ -70,8 +79,25 @@ def variants(folder: Path, multiples: list[int], int8: bool) -> dict[str, torch.
     return models
 
 
+def time_widths(args: argparse.Namespace) -> None:
+    """Per width n: the pair Linear(hidden, n), Linear(n, hidden) on 4,096 rows; efficiency = FLOP share / time share."""
+    x = torch.randn(4096, args.hidden)
+    widths = [args.full_width, *args.widths]
+    pairs = {n: torch.nn.Sequential(torch.nn.Linear(args.hidden, n), torch.nn.Linear(n, args.hidden)) for n in widths}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        medians = _time_alternated({str(n): m for n, m in pairs.items()}, {"input": x}, args.repeats, 2, 0.05)
+        full = medians[str(args.full_width)]
+        for n in args.widths:
+            efficiency = full / medians[str(n)] * n / args.full_width
+            print(f"threads {threads} width {n}: {1000 * medians[str(n)]:.1f} ms, efficiency {efficiency:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.widths:
+        time_widths(args)
+        return
     all_threads = torch.get_num_threads()
     for folder in args.exports:
         models = variants(folder, args.multiples, args.int8)
