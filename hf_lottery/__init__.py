@@ -9,6 +9,7 @@ from .integrations.peft import (
     merge_and_unload_sparse,
     remove_ticket_from_peft,
 )
+from .integrations.transformers import StructureRecordError
 from .integrations.transformers_logging import follow_transformers_verbosity
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .pruning.prune import prune
@@ -49,6 +50,7 @@ __all__ = [
     "__version__",
     "BlockLayout",
     "StructureGates",
+    "StructureRecordError",
     "attach_gates",
     "compact",
     "pad_neurons",

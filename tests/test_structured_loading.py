@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 from structured_helpers import FAMILIES, HEAD_SIZE, HEADS, inputs, logits, tiny_config, tiny_model, zeroed
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -22,6 +23,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from hf_lottery import StructureRecordError
 from hf_lottery.constants import STRUCTURED_MODELING_FILE
 from hf_lottery.integrations.transformers import hooks_installed, install_hooks
 from hf_lottery.structured import prune_heads, prune_neurons, pruned_structure
@@ -159,6 +161,26 @@ def test_bad_recorded_structure_is_an_error():
         ValueError, match=r"`pruned_neurons`: layer 0 lists 37, which is not a valid index \(0\.\.36\)"
     ):
         AutoModel.from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("field", "record", "message"),
+    [
+        ("pruned_neurons", {"0": [37]}, r"layer 0 lists 37, which is not a valid index"),
+        ("pruned_heads", {"9": [0]}, r"layer 9 is out of range"),
+        ("pruned_layers", [0, 0], r"distinct non-negative layer indices"),
+        ("pruned_layers", [7], r"names layer 7, but the unpruned model had 4 layers"),
+    ],
+)
+def test_a_bad_record_in_config_json_names_the_file(tmp_path, field, record, message):
+    shrunk("bert").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[field] = record
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StructureRecordError, match=rf"{tmp_path}/config\.json: .*{message}.*Fix or remove the record"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    with pytest.raises(StructureRecordError, match=message):  # built from the config alone: no file to name
+        AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tmp_path))
 
 
 # Transformers 4 checkpoints: `config.pruned_heads` (original numbering) and Q/K/V/O shrunk, no neurons removed.
