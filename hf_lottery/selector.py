@@ -8,6 +8,7 @@ one chunk, the result one bool per weight.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -91,9 +92,15 @@ def _prune_lowest(flat_scores: torch.Tensor, k: int) -> torch.Tensor:
     return ~pruned
 
 
+def _has_nan(t: torch.Tensor) -> bool:
+    """Whether `t` holds a NaN: one reduction first (a sum is NaN only if a NaN is there or +inf meets -inf), the
+    elementwise check only to confirm."""
+    return bool(torch.isnan(t.detach().sum())) and bool(torch.isnan(t).any())
+
+
 def _masked_flat_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     flat = scores.detach().flatten().to("cpu", torch.float32)
-    if torch.isnan(flat).any():
+    if _has_nan(flat):
         raise ValueError("Pruning scores contain NaN; the scoring method or the model weights are broken.")
     if mask is not None:
         # Already-pruned weights sort below every live weight, so they stay pruned.
@@ -105,24 +112,41 @@ def _masked_flat_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torc
 GLOBAL_SELECTION_CHUNK = 1 << 20
 
 
-def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """int32 keys that sort like the float32 `values` (-0.0 counted as +0.0, as `<` does)."""
-    bits = (values + 0.0).view(torch.int32)
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+# A float32's order key is an int32 that sorts like the floats: its bits, with all but the sign flipped when
+# negative. -0.0 is folded into +0.0 first, as `<` treats them alike.
 
 
-def _key_chunks(
+def _key_to_value(key: int) -> float:
+    """The float32 whose order key is `key`."""
+    bits = key if key >= 0 else key ^ 0x7FFFFFFF
+    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32).item())
+
+
+def _high_to_key_order() -> torch.Tensor:
+    """Bin `h + 2**15` of a histogram of raw high halves (signed int16 `h`) goes to bin `key_high + 2**15`."""
+    raw = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int64)
+    return torch.where(raw < 0, raw ^ 0x7FFF, raw) + (1 << 15)
+
+
+def _score_chunks(
     names: list[str], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None, chunk: int
 ):
-    """`(name, start, keys)` over every tensor in order, `chunk` scores at a time; masked weights sort first."""
+    """`(name, start, values)` over every tensor in order, `chunk` float32 scores at a time, -0.0 folded into +0.0
+    and masked weights at -inf (they sort first)."""
     for n in names:
         flat = scores[n].detach().reshape(-1)
         live = None if mask is None else mask[n].reshape(-1)
         for start in range(0, flat.numel(), chunk):
-            part = flat[start : start + chunk].to("cpu", torch.float32)
+            part = flat[start : start + chunk].to("cpu", torch.float32) + 0.0  # a fresh contiguous copy
             if live is not None:
-                part = part.masked_fill(~live[start : start + chunk].to("cpu", torch.bool), float("-inf"))
-            yield n, start, _order_keys(part)
+                part.masked_fill_(~live[start : start + chunk].to("cpu", torch.bool), float("-inf"))
+            yield n, start, part
+
+
+def _halves(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The low and high 16-bit halves (int16 views, no copy) of contiguous float32 `values`."""
+    halves = values.view(torch.int16)
+    return (halves[0::2], halves[1::2]) if sys.byteorder == "little" else (halves[1::2], halves[0::2])
 
 
 def _kth_key(
@@ -130,19 +154,25 @@ def _kth_key(
 ) -> tuple[int, int]:
     """The order key of the `k`-th lowest score (1-based) and how many scores lie strictly below it.
 
-    Radix select in two 16-bit digits: a histogram of the high halves finds the bucket holding the k-th key, a
-    histogram of the low halves inside that bucket finds the key.
+    Radix select in two 16-bit digits of the order key: a histogram of the high halves finds the bucket holding the
+    k-th key, a histogram of the low halves inside that bucket finds the key. The histograms count the raw halves of
+    the float bits (views, no key computed per score) and are put in key order afterwards: a negative float's key
+    is its bits with all but the sign flipped, which maps each raw half to one key half.
     """
-    high = torch.zeros(1 << 16, dtype=torch.int64)
-    for _, _, keys in _key_chunks(names, scores, mask, chunk):
-        high += torch.bincount((keys >> 16) + (1 << 15), minlength=1 << 16)
+    raw_high = torch.zeros(1 << 16, dtype=torch.int64)
+    for _, _, values in _score_chunks(names, scores, mask, chunk):
+        raw_high += torch.bincount(_halves(values)[1].to(torch.int32) + (1 << 15), minlength=1 << 16)
+    high = torch.zeros(1 << 16, dtype=torch.int64).index_add_(0, _high_to_key_order(), raw_high)
     cumulative = high.cumsum(0)
     top = int(torch.searchsorted(cumulative, k))
     below = int(cumulative[top - 1]) if top > 0 else 0
-    top -= 1 << 15  # the signed high half
+    top -= 1 << 15  # the key's signed high half
+    raw_top = top if top >= 0 else top ^ 0x7FFF
     low = torch.zeros(1 << 16, dtype=torch.int64)
-    for _, _, keys in _key_chunks(names, scores, mask, chunk):
-        low += torch.bincount(keys[(keys >> 16) == top] & 0xFFFF, minlength=1 << 16)
+    for _, _, values in _score_chunks(names, scores, mask, chunk):
+        low_half, high_half = _halves(values)
+        inside = low_half[high_half == raw_top].to(torch.int32) & 0xFFFF
+        low += torch.bincount(inside ^ 0xFFFF if top < 0 else inside, minlength=1 << 16)
     cumulative = low.cumsum(0)
     bottom = int(torch.searchsorted(cumulative, k - below))
     below += int(cumulative[bottom - 1]) if bottom > 0 else 0
@@ -165,16 +195,17 @@ def _global_keep(
     total = sum(numel.values())
     if k <= 0 or k >= total:
         return {n: torch.full((numel[n],), k <= 0, dtype=torch.bool) for n in names}
-    threshold, below = _kth_key(names, scores, mask, k, chunk)
+    key, below = _kth_key(names, scores, mask, k, chunk)
+    threshold = _key_to_value(key)  # float comparisons order like the keys (-0.0 == +0.0, -inf first)
     remaining = k - below  # ties at the threshold still to prune, lowest index first
     keep = {n: torch.empty(numel[n], dtype=torch.bool) for n in names}
-    for n, start, keys in _key_chunks(names, scores, mask, chunk):
-        pruned = keys < threshold
+    for n, start, values in _score_chunks(names, scores, mask, chunk):
+        kept = values >= threshold
         if remaining > 0:
-            ties = (keys == threshold).nonzero().flatten()[:remaining]
-            pruned[ties] = True
+            ties = (values == threshold).nonzero().flatten()[:remaining]
+            kept[ties] = False
             remaining -= ties.numel()
-        keep[n][start : start + keys.numel()] = ~pruned
+        keep[n][start : start + values.numel()] = kept
     return keep
 
 
@@ -323,7 +354,7 @@ def select_mask(
     max_tensor_sparsity = resolve_max_tensor_sparsity(guard, sparsity)
     names = list(scores)
     for n in names:
-        if torch.isnan(scores[n]).any():
+        if _has_nan(scores[n]):
             raise ValueError(
                 f"Pruning scores of {n!r} contain NaN: the weights (or what the scoring method uses) hold NaN, e.g. "
                 "after a diverged training run. Check the model (torch.isnan(param).any()) and lower the learning "

@@ -158,3 +158,15 @@ def test_every_registered_method_gives_exact_row_and_2_4_masks(case):
     assert all(torch.all(_groups(keep, 4).sum(1) == 2) for keep in mask.values())
     mask = prune(model, 0.25, method=case.method, scope="row", max_tensor_sparsity=None, **case.kwargs())
     assert all(torch.all((~keep).sum(1) == round(0.25 * keep.shape[1])) for keep in mask.values())
+
+
+def test_nan_scores_are_refused_and_opposite_infinities_are_not():
+    # The NaN check sums each tensor first; +inf and -inf together sum to NaN without any NaN present.
+    scores = {"a": torch.tensor([float("inf"), float("-inf"), 1.0, 2.0]), "b": torch.tensor([3.0, 0.5])}
+    for scope, pruned in (("global", {"a": 2, "b": 1}), ("layer", {"a": 2, "b": 1})):
+        keep = select_mask(scores, 0.5, scope=scope)
+        assert {n: int((~k).sum()) for n, k in keep.items()} == pruned
+        assert not keep["a"][1] and keep["a"][0]  # -inf goes first, +inf stays
+    bad = {**scores, "b": torch.tensor([3.0, float("nan")])}
+    with pytest.raises(ValueError, match="'b' contain NaN"):
+        select_mask(bad, 0.5)
