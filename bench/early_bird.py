@@ -47,9 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rewind", default="pretrained", help="rewind mode of both runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
-    p.add_argument("--interval", type=int, default=25, help="early_bird_interval_steps")
-    p.add_argument("--threshold", type=float, default=0.01, help="early_bird_threshold")
-    p.add_argument("--patience", type=int, default=3, help="early_bird_patience")
+    p.add_argument("--interval", type=int, default=25, help="early_bird_interval_steps (a folder per setting)")
+    p.add_argument("--threshold", type=float, default=0.01, help="early_bird_threshold (a folder per setting)")
+    p.add_argument("--patience", type=int, default=3, help="early_bird_patience (a folder per setting)")
     p.add_argument("--full-round0", action="store_true", help="train round 0 to the end in the early-bird runs")
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
@@ -58,8 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# The early-bird settings a run's folder is named after when they differ from these (the first runs' defaults).
+EARLY_BIRD_DEFAULTS = {"interval": 25, "threshold": 0.01, "patience": 3, "full_round0": False}
+
+
 def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Path:
-    return Path(opts.cache) / opts.task / f"{run}-{int(round(100 * target))}-seed{seed}"
+    name = run
+    if run == "early-bird":
+        for key, default in EARLY_BIRD_DEFAULTS.items():
+            value = getattr(opts, key)
+            if value != default:
+                name += f"-{key.replace('_', '')}" if isinstance(value, bool) else f"-{key}{value:g}"
+    return Path(opts.cache) / opts.task / f"{name}-{int(round(100 * target))}-seed{seed}"
 
 
 def quality_opts(opts: argparse.Namespace, target: float) -> argparse.Namespace:
