@@ -145,7 +145,7 @@ def perplexity(trainer: Trainer, dev) -> float:
     return math.exp(loss)
 
 
-def pretrain(args, tokenizer, train, dev) -> Path:
+def pretrain(args, tokenizer, train) -> Path:
     folder = args.cache / "dense"
     if (folder / "model.safetensors").is_file():
         return folder
@@ -182,7 +182,7 @@ def calibration(train, args) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def run_arm(arm: str, args, dense_dir: Path, tokenizer, train, dev) -> dict:
+def run_arm(arm: str, args, dense_dir: Path, train, dev) -> dict:
     out = args.cache / arm.replace(":", "-")
     result_file = out / "result.json"
     if result_file.is_file():
@@ -255,11 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     train = text_blocks(train_texts, tokenizer, args.block).shuffle(seed=args.seed)
     dev = text_blocks(dev_texts, tokenizer, args.block)
     print(f"[decoder_study] {len(train)} train / {len(dev)} dev blocks of {args.block} tokens", flush=True)
-    dense_dir = pretrain(args, tokenizer, train, dev)
+    dense_dir = pretrain(args, tokenizer, train)
     results = {}
     for arm in args.arms:
         print(f"[decoder_study] arm {arm}", flush=True)
-        results[arm] = run_arm(arm, args, dense_dir, tokenizer, train, dev)
+        results[arm] = run_arm(arm, args, dense_dir, train, dev)
         print(f"[decoder_study] {arm}: dev perplexity {results[arm]['dev_perplexity']:.2f}", flush=True)
     summary = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
