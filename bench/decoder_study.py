@@ -21,9 +21,7 @@ Every arm's dev perplexity goes to `--output` (JSON), with the machine, the load
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -38,26 +36,28 @@ from transformers import (
     TrainingArguments,
 )
 
+from glue_tasks import get_task, load_glue
 from hf_lottery import LotteryArguments, LotteryTrainer, prune
 from hf_lottery.deploy.speed import load_average
-from hf_lottery.training.causal_lm import text_blocks
+from hf_lottery.training.causal_lm import text_blocks, with_perplexity
 from hf_lottery.training.enforcement import MaskEnforcerCallback
 
+# GLUE task -> split whose sentences the study reads (`glue_tasks.load_glue` names).
 TRAIN_SPLITS = {
-    "SST-2/train.tsv": ["sentence"],
-    "MRPC/train.tsv": ["#1 String", "#2 String"],
-    "CoLA/train.tsv": [3],
-    "RTE/train.tsv": ["sentence1", "sentence2"],
-    "STS-B/train.tsv": ["sentence1", "sentence2"],
-    "WNLI/train.tsv": ["sentence1", "sentence2"],
-    "QNLI/dev.tsv": ["question", "sentence"],
+    "sst2": "train",
+    "mrpc": "train",
+    "cola": "train",
+    "rte": "train",
+    "stsb": "train",
+    "wnli": "train",
+    "qnli": "validation",
 }
 DEV_SPLITS = {
-    "SST-2/dev.tsv": ["sentence"],
-    "MRPC/dev.tsv": ["#1 String", "#2 String"],
-    "CoLA/dev.tsv": [3],
-    "RTE/dev.tsv": ["sentence1", "sentence2"],
-    "STS-B/dev.tsv": ["sentence1", "sentence2"],
+    "sst2": "validation",
+    "mrpc": "validation",
+    "cola": "validation",
+    "rte": "validation",
+    "stsb": "validation",
 }
 ARMS = ("dense", "magnitude-50", "wanda-50", "magnitude-2:4", "wanda-2:4", "imp-50", "imp-2:4")
 
@@ -85,20 +85,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_sentences(glue_dir: str, splits: dict[str, list]) -> list[str]:
+def read_sentences(glue_dir: str, splits: dict[str, str]) -> list[str]:
+    """The text columns of each task's split, row by row, in file order, without duplicates."""
     texts: list[str] = []
-    for name, columns in splits.items():
-        path = Path(glue_dir) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the study reads the GLUE data of ../shared/glue.")
-        with path.open(encoding="utf-8", newline="") as f:
-            if all(isinstance(c, int) for c in columns):  # CoLA has no header
-                rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-                texts += [row[c] for row in rows for c in columns if len(row) > c]
-            else:
-                rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-                texts += [row[c] for row in rows for c in columns if row.get(c)]
-    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))  # in order, without duplicates
+    for name, split in splits.items():
+        task = get_task(name)
+        data = load_glue(task, glue_dir, splits=split)[split]
+        for row in zip(*(data[column] for column in task.text_columns)):
+            texts += row
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
 def build_tokenizer(folder: Path, texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
@@ -141,8 +136,7 @@ def training_args(out: Path, args: argparse.Namespace, steps: int, lr: float, cl
 
 
 def perplexity(trainer: Trainer, dev) -> float:
-    loss = trainer.evaluate(dev)["eval_loss"]
-    return math.exp(loss)
+    return with_perplexity(trainer.evaluate(dev))["eval_perplexity"]
 
 
 def pretrain(args, tokenizer, train) -> Path:
