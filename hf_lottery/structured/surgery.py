@@ -80,6 +80,11 @@ def _validate(
     return clean
 
 
+def _record(blocks: Iterable[nn.Module], attr: str) -> dict[int, list[int]]:
+    """`{layer: sorted original indices}` of what each block lost (`attr`: heads or neurons); layers with none omitted."""
+    return {i: sorted(getattr(b, attr)) for i, b in enumerate(blocks) if getattr(b, attr, None)}
+
+
 def _prune(model: PreTrainedModel, request: Mapping[int, Iterable[int]], kind: str) -> PreTrainedModel:
     layout = get_layout(model.config)
     counts = original_counts(model.config, layout)
@@ -89,7 +94,7 @@ def _prune(model: PreTrainedModel, request: Mapping[int, Iterable[int]], kind: s
     clean = _validate(request, blocks, kind, total)
     for layer, indices in clean.items():
         remove(blocks[layer], layout, total, indices)
-    record = {layer: sorted(getattr(block, attr)) for layer, block in enumerate(blocks) if getattr(block, attr, None)}
+    record = _record(blocks, attr)
     setattr(model.config, attr, record)
     n = sum(len(v) for v in clean.values())
     # Counts, not indices: a neuron list runs to thousands of numbers (the indices are in config.json).
@@ -197,11 +202,7 @@ def pad_neurons(model: PreTrainedModel, multiple_of: int) -> dict[int, int]:
             restore_neurons_(block, layout, total, removed[: wanted - kept])
             added[layer] = wanted - kept
     if added:
-        model.config.pruned_neurons = {
-            i: sorted(getattr(b, PRUNED_NEURONS_ATTR))
-            for i, b in enumerate(blocks)
-            if getattr(b, PRUNED_NEURONS_ATTR, None)
-        }
+        setattr(model.config, PRUNED_NEURONS_ATTR, _record(blocks, PRUNED_NEURONS_ATTR))
         logger.info(f"Padded the feed-forward widths to multiples of {quantum}: neurons put back per layer {added}.")
     return added
 
@@ -312,7 +313,7 @@ def prune_layers(model: PreTrainedModel, layers: Iterable[int]) -> PreTrainedMod
             setattr(
                 config,
                 attr,
-                {i: sorted(getattr(b, attr)) for i, b in enumerate(kept_blocks) if getattr(b, attr, None)},
+                _record(kept_blocks, attr),
             )
     logger.info(
         f"Removed {len(requested)} layer(s); {len(kept_blocks)} remain (original layers removed so far: "
@@ -336,8 +337,7 @@ def pruned_structure(model: PreTrainedModel) -> dict[str, dict[int, list[int]]]:
     layout = get_layout(model.config)
     blocks = get_blocks(model, layout)
     return {
-        kind: {i: sorted(getattr(b, attr)) for i, b in enumerate(blocks) if getattr(b, attr, None)}
-        for kind, attr in (("heads", PRUNED_HEADS_ATTR), ("neurons", PRUNED_NEURONS_ATTR))
+        kind: _record(blocks, attr) for kind, attr in (("heads", PRUNED_HEADS_ATTR), ("neurons", PRUNED_NEURONS_ATTR))
     }
 
 
