@@ -7,13 +7,23 @@ On all-MiniLM-L6-v2 (the one real BERT installable here; not BERT-base). The MLM
 `transfer_ticket` and trained from θ0 on the target task; the random control prunes each tensor to the ticket's
 per-tensor sparsity. Every finished cell is cached under `--cache`: stop and run again to continue.
 
-    python bench/transfer_matrix.py --sparsity 0.4 --train-samples 8000 --epochs 2
+Each target trains at the budget of `bench/quality.py` (SST-2: 8,000 sentences x 2 epochs; MRPC: the full set x 3
+epochs), so its dense reference over 3 seeds there gives the matching threshold. The MLM ticket's IMP trains
+`--mlm-epochs` per round and stops once its mask reaches `--sparsity` (the last round's training would only
+measure the MLM loss of the sparse network, which the transfer never uses). Seed 0's dense and same-task cells
+are the ticket run's own round 0 and last round (the same training; not run twice); `--dense-from TASK=DIR`
+starts a ticket run from a finished dense run of `bench/quality.py` (same θ0, same trained round 0).
+`--sources` / `--targets` split the matrix between processes (one per core).
+
+    python bench/transfer_matrix.py --sparsity 0.4 --seeds 1 --sources sst2 mrpc --targets sst2 mrpc
+    python bench/transfer_matrix.py --sparsity 0.4 --seeds 1 --sources mlm --targets sst2 mrpc
     python bench/transfer_matrix.py --report
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import time
@@ -21,12 +31,36 @@ from pathlib import Path
 
 import torch
 from _common import machine
-from quality import build, lottery_args, run_trainer
+from quality import build, lottery_args, run_trainer, seed_from_dense
+from transformers import TrainerCallback
 
+from glue_tasks import get_task
 from hf_lottery import LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
+from hf_lottery.utils.io import atomic_path
 
 SOURCES = ("sst2", "mrpc", "mlm")
 TARGETS = ("sst2", "mrpc")
+# The budgets of the quality study, whose 3 dense seeds give each target's matching threshold.
+BUDGETS = {"sst2": {"train_samples": 8000, "epochs": 2.0}, "mrpc": {"train_samples": None, "epochs": 3.0}}
+
+
+def budget(task: str, opts) -> argparse.Namespace:
+    values = vars(opts) | BUDGETS.get(task, {})
+    if task == "mlm":
+        values["epochs"] = opts.mlm_epochs
+    return argparse.Namespace(**values)
+
+
+class StopBeforeLastRound(TrainerCallback):
+    """End the run after one step of its last round: that round's mask is all that is wanted, not its training."""
+
+    def __init__(self, last_round: int):
+        self.last_round = last_round
+        self.trainer: LotteryTrainer | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer is not None and self.trainer.lottery_round == self.last_round:
+            control.should_training_stop = True
 
 
 def _mlm_parts(opts):
@@ -60,9 +94,16 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
     ticket_dir = out / "ticket"
     if ticket_dir.is_dir():
         return TicketMask.from_pretrained(ticket_dir)
-    parts = _mlm_parts(opts) if source == "mlm" else build(source, opts.glue_dir, opts.train_samples, opts.max_len)
-    largs = lottery_args(out, opts, seed=0, target_sparsity=opts.sparsity, pruning_rate=opts.rate)
+    source_opts = budget(source, opts)
+    if source == "mlm":
+        parts = _mlm_parts(source_opts)
+    else:
+        parts = build(source, opts.glue_dir, source_opts.train_samples, opts.max_len)
+    largs = lottery_args(out, source_opts, seed=0, target_sparsity=opts.sparsity, pruning_rate=opts.rate)
+    if source in opts.dense_from:
+        seed_from_dense(Path(opts.dense_from[source]), out, largs.sparsity_schedule(), distills=False)
     task, data, model_init, collator, metrics = parts
+    stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source == "mlm" else None
     trainer = LotteryTrainer(
         model=model_init(),
         args=largs,
@@ -70,24 +111,38 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
         eval_dataset=data["validation"],
         data_collator=collator,
         compute_metrics=metrics,
+        callbacks=[stop] if stop else None,
     )
+    if stop:
+        stop.trainer = trainer
     resume = (out / "lottery_state" / "state.json").is_file()
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.ticket.save_pretrained(ticket_dir)
     return trainer.ticket
 
 
-def cell(source: str, target: str, seed: int, opts, cache: Path, results: dict) -> None:
-    key = f"{source}->{target}/seed{seed}"
-    if key in results:
-        return
-    parts = build(target, opts.glue_dir, opts.train_samples, opts.max_len)
+def _ticket_run(source: str, cache: Path) -> list[dict]:
+    path = cache / f"ticket-{source}" / "lottery_history.json"
+    return json.loads(path.read_text())["rounds"] if path.is_file() else []
+
+
+def cell(source: str, target: str, seed: int, opts, cache: Path) -> dict:
+    """Train `target` from θ0 with `source`'s ticket (or its random control, or no mask for `dense`)."""
+    target_opts = budget(target, opts)
+    if seed == 0 and source in ("dense", target):
+        record = _ticket_run(target, cache)[0 if source == "dense" else -1]
+        return {
+            "sparsity": record["sparsity"],
+            "metric": record["metrics"].get(f"eval_{get_task(target).main_metric}"),
+            "seconds": record.get("seconds"),
+            "from": f"ticket-{target} round {record['round']}",
+        }
+    parts = build(target, opts.glue_dir, target_opts.train_samples, opts.max_len)
     task, data, model_init, collator, metrics = parts
-    out = cache / key.replace("->", "-to-")
-    largs = lottery_args(out, opts, seed=seed, target_sparsity=opts.sparsity, pruning_rate=opts.rate)
+    out = cache / f"{source}-to-{target}" / f"seed{seed}"
     started = time.time()
     if source == "dense":
-        history = run_trainer(out, lottery_args(out, opts, seed=seed, target_sparsity=0.0), parts)
+        history = run_trainer(out, lottery_args(out, target_opts, seed=seed, target_sparsity=0.0), parts)
     else:
         ticket_source = source.removeprefix("random-")
         ticket = find_ticket(ticket_source, opts, cache)
@@ -95,10 +150,10 @@ def cell(source: str, target: str, seed: int, opts, cache: Path, results: dict) 
         mask = transfer_ticket(ticket, model)
         if source.startswith("random-"):
             mask = random_pruning_like(mask, model, seed=seed)
-        largs = lottery_args(out, opts, seed=seed, target_sparsity=round(mask.sparsity, 10) + 1e-12)
+        largs = lottery_args(out, target_opts, seed=seed, target_sparsity=round(mask.sparsity, 10) + 1e-12)
         history = run_trainer(out, largs, parts, mask=mask)
     last = history[-1]
-    results[key] = {
+    return {
         "sparsity": last["sparsity"],
         "metric": last["metrics"].get(f"eval_{task.main_metric}"),
         "seconds": round(time.time() - started, 1),
@@ -106,16 +161,78 @@ def cell(source: str, target: str, seed: int, opts, cache: Path, results: dict) 
     }
 
 
+def work_items(opts) -> list[tuple[str, ...]]:
+    """Tickets first, then the cells in `--seeds`, each cell after the ticket it needs."""
+    items: list[tuple[str, ...]] = [("ticket", source) for source in opts.sources]
+    for seed in range(opts.seeds):
+        for source in opts.sources:
+            for target in opts.targets:
+                rows = [source, f"random-{source}"] + (["dense"] if source == target else [])
+                items += [("cell", row, target, str(seed)) for row in rows]
+    return items
+
+
+def _claim(path: Path) -> bool:
+    """Take `path` for this process unless a live process holds it (two processes, one per core, share the work)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            path.unlink(missing_ok=True)  # its holder died: take it over (the runs resume)
+            return _claim(path)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    return True
+
+
+def _record(path: Path, key: str, value: dict) -> None:
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.is_file() else {"machine": machine()}
+        results[key] = value
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+
+
 def study(opts) -> None:
     cache = Path(opts.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     path = cache / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"machine": machine()}
-    for target in TARGETS:
-        for source in ("dense", *SOURCES, *(f"random-{s}" for s in SOURCES)):
-            for seed in range(opts.seeds):
-                cell(source, target, seed, opts, cache, results)
-                path.write_text(json.dumps(results, indent=2, sort_keys=True))
+    items = work_items(opts)
+    while items:
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        left: list[tuple[str, ...]] = []
+        for index, item in enumerate(items):
+            if item[0] == "ticket":
+                done = (cache / f"ticket-{item[1]}" / "ticket").is_dir()
+                ready, claim = True, cache / f"ticket-{item[1]}.claim"
+            else:
+                _, source, target, seed = item
+                done = f"{source}->{target}/seed{seed}" in results
+                needed = [source.removeprefix("random-") if source != "dense" else target]
+                ready = all((cache / f"ticket-{s}" / "ticket").is_dir() for s in needed)
+                claim = cache / f"{source}-to-{target}-seed{seed}.claim"
+            if done:
+                continue
+            left.append(item)
+            if not ready or not _claim(claim):
+                continue
+            try:
+                if item[0] == "ticket":
+                    find_ticket(item[1], opts, cache)
+                else:
+                    _record(path, f"{source}->{target}/seed{seed}", cell(source, target, int(seed), opts, cache))
+            finally:
+                claim.unlink(missing_ok=True)
+            left += items[index + 1 :]
+            break  # re-read: the other process may have finished what comes first
+        else:
+            if left:
+                time.sleep(60)  # everything left waits for a ticket another process is finding
+        items = left
     report(opts)
 
 
@@ -151,9 +268,14 @@ def main() -> None:
     parser.add_argument("--sampling", default="group_by_length")
     parser.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "transfer"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--mlm-epochs", type=float, default=1, help="epochs per round of the MLM ticket's IMP")
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--dense-from", nargs="*", default=[], metavar="TASK=DIR")
     parser.add_argument("--report", action="store_true", help="only print the table from the cache")
     opts = parser.parse_args()
     opts.target = opts.sparsity
+    opts.dense_from = dict(item.split("=", 1) for item in opts.dense_from)
     torch.set_num_threads(opts.threads)
     report(opts) if opts.report else study(opts)
 
