@@ -1,8 +1,11 @@
 """Turn importance scores into a mask: exact-count top-k, global, per tensor, per output row or N:M, with a guard.
 
-The global threshold is found by a radix select over the scores' float32 bit patterns, a chunk at a time (two
-16-bit histogram passes and one marking pass), so no concatenation of all scores is ever held: the working set is
-one chunk, the result one bool per weight.
+The global threshold is found without concatenating the scores. First, one pass: a strided sample of the scores
+brackets the k-th lowest, and the pass keeps what lies above the bracket, counts what lies below it and collects
+the scores inside it (a small fraction), whose exact selection settles the rest. When the bracket misses (or
+would collect too much), a radix select over the float32 bit patterns decides: two 16-bit histogram passes and one
+marking pass, a chunk at a time. Either way the working set is one chunk (and the bracket's scores), the result
+one bool per weight, and the mask the same as an exact top-k over the concatenation.
 """
 
 from __future__ import annotations
@@ -82,9 +85,9 @@ def _prune_lowest(flat_scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool)
     threshold = flat_scores.kthvalue(k).values
     pruned = flat_scores < threshold
-    remaining = k - int(pruned.sum())
+    remaining = k - int(torch.count_nonzero(pruned))
     ties = flat_scores == threshold
-    n_ties = int(ties.sum())
+    n_ties = int(torch.count_nonzero(ties))
     if remaining == n_ties:
         pruned |= ties
     elif remaining > 0:
@@ -110,6 +113,16 @@ def _masked_flat_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torc
 
 # Scores converted at a time by the global selection; its working set is about 25 bytes times this.
 GLOBAL_SELECTION_CHUNK = 1 << 20
+# The strided sample that brackets the global threshold holds one score in GLOBAL_SELECTION_SAMPLE_EVERY, within
+# [GLOBAL_SELECTION_SAMPLE_MIN, GLOBAL_SELECTION_SAMPLE_MAX]; the bracket spans BRACKET_WIDTH_STDS standard
+# deviations of a sample quantile's rank either side. A miss only costs the radix passes, never a different mask.
+GLOBAL_SELECTION_SAMPLE_EVERY = 256
+GLOBAL_SELECTION_SAMPLE_MIN = 1 << 18
+GLOBAL_SELECTION_SAMPLE_MAX = 1 << 22
+BRACKET_WIDTH_STDS = 4.0
+# The bracket collects at most max(chunk, this fraction of the scores): 8 bytes each (value, chunk-local index),
+# so at most 1/16 byte per weight on top of the chunk's working set.
+BRACKET_MAX_FRACTION = 1 / 128
 
 
 # A float32's order key is an int32 that sorts like the floats: its bits, with all but the sign flipped when
@@ -129,15 +142,21 @@ def _high_to_key_order() -> torch.Tensor:
 
 
 def _score_chunks(
-    names: list[str], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None, chunk: int
+    names: list[str],
+    scores: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor] | None,
+    chunk: int,
+    fold_zeros: bool = True,
 ):
-    """`(name, start, values)` over every tensor in order, `chunk` float32 scores at a time, -0.0 folded into +0.0
-    and masked weights at -inf (they sort first)."""
+    """`(name, start, values)` over every tensor in order, `chunk` float32 scores at a time, masked weights at -inf
+    (they sort first) and, with `fold_zeros` (for bit patterns; comparisons need not), -0.0 folded into +0.0."""
     for n in names:
         flat = scores[n].detach().reshape(-1)
         live = None if mask is None else mask[n].reshape(-1)
         for start in range(0, flat.numel(), chunk):
-            part = flat[start : start + chunk].to("cpu", torch.float32) + 0.0  # a fresh contiguous copy
+            part = flat[start : start + chunk].to("cpu", torch.float32)
+            if fold_zeros or live is not None:
+                part = part + 0.0  # a fresh contiguous copy
             if live is not None:
                 part.masked_fill_(~live[start : start + chunk].to("cpu", torch.bool), float("-inf"))
             yield n, start, part
@@ -179,22 +198,90 @@ def _kth_key(
     return (top << 16) + bottom, below
 
 
+def _bracket(
+    names: list[str], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None, k: int, total: int
+) -> tuple[float, float]:
+    """Scores `(low, high)` that bracket the `k`-th lowest with high probability: quantiles of a strided sample."""
+    size = min(max(total // GLOBAL_SELECTION_SAMPLE_EVERY, GLOBAL_SELECTION_SAMPLE_MIN), GLOBAL_SELECTION_SAMPLE_MAX)
+    stride = max(1, total // size)
+    parts = []
+    for n in names:
+        part = scores[n].detach().reshape(-1)[::stride].to("cpu", torch.float32) + 0.0
+        if mask is not None:
+            part.masked_fill_(~mask[n].reshape(-1)[::stride].to("cpu", torch.bool), float("-inf"))
+        parts.append(part)
+    sample = torch.cat(parts).sort().values
+    m = sample.numel()
+    quantile = k / total
+    spread = BRACKET_WIDTH_STDS * math.sqrt(m * quantile * (1.0 - quantile)) + 1.0
+    low_index, high_index = math.floor(quantile * m - spread), math.ceil(quantile * m + spread)
+    low = float(sample[low_index]) if low_index >= 0 else -math.inf
+    high = float(sample[high_index]) if high_index < m else math.inf
+    return low, high
+
+
+def _bracketed_keep(
+    names: list[str],
+    scores: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor] | None,
+    k: int,
+    chunk: int,
+    numel: Mapping[str, int],
+) -> dict[str, torch.Tensor] | None:
+    """`_global_keep` in one pass over the scores when a sampled bracket holds the `k`-th lowest, else `None`."""
+    total = sum(numel.values())
+    low, high = _bracket(names, scores, mask, k, total)
+    limit = max(chunk, int(total * BRACKET_MAX_FRACTION))
+    keep = {n: torch.empty(numel[n], dtype=torch.bool) for n in names}
+    below, collected = 0, 0
+    inside_values, inside_places = [], []
+    for n, start, values in _score_chunks(names, scores, mask, chunk, fold_zeros=False):
+        above = values > high
+        keep[n][start : start + values.numel()] = above
+        under = values < low
+        below += int(torch.count_nonzero(under))  # far faster than a bool sum
+        inside = under.logical_or_(above).logical_not_()
+        count = int(torch.count_nonzero(inside))
+        collected += count
+        if collected > limit:
+            return None
+        if count:
+            places = inside.nonzero().flatten().to(torch.int32)
+            inside_values.append(values[places])
+            inside_places.append((n, start, places))
+    if not 0 <= k - below <= collected:
+        return None
+    # The scores inside the bracket, in tensor-then-index order: ties go the way the whole selection breaks them.
+    inside_keep = _prune_lowest(torch.cat(inside_values), k - below)
+    offset = 0
+    for n, start, inside in inside_places:
+        keep[n][start + inside.long()] = inside_keep[offset : offset + inside.numel()]
+        offset += inside.numel()
+    return keep
+
+
 def _global_keep(
     names: list[str],
     scores: Mapping[str, torch.Tensor],
     mask: Mapping[str, torch.Tensor] | None,
     k: int,
     chunk: int | None = None,
+    bracket: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Flat `keep` vectors pruning exactly the `k` lowest scores over all `names`; ties go by tensor, then index.
 
-    The same result as `_prune_lowest` on the concatenated scores, without concatenating them.
+    The same result as `_prune_lowest` on the concatenated scores, without concatenating them: in one pass when
+    the sampled bracket holds the threshold (`bracket=False` goes straight to the radix select).
     """
     chunk = chunk or GLOBAL_SELECTION_CHUNK
     numel = {n: scores[n].numel() for n in names}
     total = sum(numel.values())
     if k <= 0 or k >= total:
         return {n: torch.full((numel[n],), k <= 0, dtype=torch.bool) for n in names}
+    if bracket:
+        found = _bracketed_keep(names, scores, mask, k, chunk, numel)
+        if found is not None:
+            return found
     key, below = _kth_key(names, scores, mask, k, chunk)
     threshold = _key_to_value(key)  # float comparisons order like the keys (-0.0 == +0.0, -inf first)
     remaining = k - below  # ties at the threshold still to prune, lowest index first
@@ -370,7 +457,7 @@ def select_mask(
                     f"Mask and scores differ in shape for {n!r}: {tuple(mask[n].shape)} vs {tuple(scores[n].shape)}."
                 )
     numel = {n: scores[n].numel() for n in names}
-    already = {n: 0 if mask is None else int((~mask[n].bool()).sum()) for n in names}
+    already = {n: 0 if mask is None else scores[n].numel() - int(torch.count_nonzero(mask[n])) for n in names}
     cap = {
         n: numel[n] if max_tensor_sparsity is None else max(math.floor(max_tensor_sparsity * numel[n]), already[n])
         for n in names
@@ -399,7 +486,7 @@ def select_mask(
                 f"{sum(already.values()) / total:.4f}; pruned weights stay pruned. Ask for at least that sparsity."
             )
         keep = _global_keep(names, scores, mask, k)
-        pruned = {n: numel[n] - int(keep[n].sum()) for n in names}
+        pruned = {n: numel[n] - int(torch.count_nonzero(keep[n])) for n in names}
         over = [n for n in names if pruned[n] > cap[n]]
         if over and on_tensor_collapse != "redistribute":
             _collapse(over, pruned, numel, _guard_name(guard, max_tensor_sparsity), on_tensor_collapse, sparsity, True)
@@ -420,7 +507,7 @@ def select_mask(
                     pool.remove(n)
                 budget = k - sum(fixed.values())
                 keep = _global_keep(pool, scores, mask, budget) if pool else {}
-                over = [n for n in pool if numel[n] - int(keep[n].sum()) > cap[n]]
+                over = [n for n in pool if numel[n] - int(torch.count_nonzero(keep[n])) > cap[n]]
             for n in fixed:
                 keep[n] = _prune_lowest(_masked_flat_scores(scores[n], None if mask is None else mask[n]), fixed[n])
             logger.info(

@@ -7,7 +7,7 @@ import torch
 from test_scoring_common import CASE_IDS, SCORING_CASES
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_lottery import LotteryArguments, TicketMask, prune, select_mask
+from hf_lottery import LotteryArguments, TicketMask, prune, select_mask, selector
 from hf_lottery.selector import _global_keep, _prune_lowest
 from hf_lottery.testing_utils import tiny_model
 
@@ -20,9 +20,10 @@ def _tied_scores(seed: int) -> dict[str, torch.Tensor]:
     return {f"t{i}": values[torch.randint(0, len(values), s, generator=g)] for i, s in enumerate(shapes)}
 
 
+@pytest.mark.parametrize("bracket", [True, False], ids=["bracket", "radix"])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("chunk", [1, 4, 7, 1 << 20])
-def test_chunked_global_selection_equals_the_concatenated_one(seed, chunk):
+def test_chunked_global_selection_equals_the_concatenated_one(seed, chunk, bracket):
     scores = _tied_scores(seed)
     g = torch.Generator().manual_seed(100 + seed)
     mask = {n: torch.rand(s.shape, generator=g) > 0.3 for n, s in scores.items()}
@@ -34,17 +35,74 @@ def test_chunked_global_selection_equals_the_concatenated_one(seed, chunk):
         ]
         for k in (0, 1, 5, total // 2, total - 1, total):
             expected = _prune_lowest(torch.cat(flats), k)
-            got = _global_keep(names, scores, m, k, chunk=chunk)
+            got = _global_keep(names, scores, m, k, chunk=chunk, bracket=bracket)
             assert torch.equal(torch.cat([got[n] for n in names]), expected), (k, m is None)
 
 
-def test_chunked_global_selection_on_real_magnitudes_is_exact():
+@pytest.mark.parametrize("bracket", [True, False], ids=["bracket", "radix"])
+def test_chunked_global_selection_on_real_magnitudes_is_exact(bracket):
     g = torch.Generator().manual_seed(0)
     scores = {"a": torch.randn(64, 33, generator=g).abs(), "b": torch.randn(1000, generator=g).abs().half().float()}
     for k in (1, 517, 1999, 3111):
         expected = _prune_lowest(torch.cat([s.flatten() for s in scores.values()]), k)
-        got = _global_keep(list(scores), scores, None, k, chunk=100)
+        got = _global_keep(list(scores), scores, None, k, chunk=100, bracket=bracket)
         assert torch.equal(torch.cat([got["a"], got["b"]]), expected)
+
+
+@pytest.fixture
+def small_sample(monkeypatch):
+    """A sample of a few hundred scores: the bracket is narrow and often misses or collects too much."""
+    monkeypatch.setattr(selector, "GLOBAL_SELECTION_SAMPLE_MIN", 300)
+    monkeypatch.setattr(selector, "BRACKET_WIDTH_STDS", 0.5)
+    monkeypatch.setattr(selector, "BRACKET_MAX_FRACTION", 0.01)
+
+
+def test_sampled_bracket_that_misses_falls_back_to_the_same_mask(small_sample, monkeypatch):
+    # The strided sample sees only the first of every 40 scores, which are all large here: its bracket lies far
+    # above the true threshold, and the radix select must decide.
+    values = torch.rand(40, 300, generator=torch.Generator().manual_seed(1))
+    values[0] += 10.0
+    scores = {"w": values.T.contiguous(), "v": torch.rand(500, generator=torch.Generator().manual_seed(2))}
+    calls = []
+    radix = selector._kth_key
+    monkeypatch.setattr(selector, "_kth_key", lambda *a: calls.append(1) or radix(*a))
+    flat = torch.cat([scores["w"].flatten(), scores["v"]])
+    for k in (3, 4000, 9000, 12000):
+        got = _global_keep(list(scores), scores, None, k, chunk=64)
+        assert torch.equal(torch.cat([got["w"], got["v"]]), _prune_lowest(flat, k)), k
+    assert calls  # the fallback ran, and gave the exact mask
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bracketed_and_radix_selection_agree_on_ties_and_masks(seed, monkeypatch):
+    g = torch.Generator().manual_seed(seed)
+    scores = {
+        "a": torch.randint(0, 2000, (300, 70), generator=g).float() / 7,  # about 10 ties per value
+        "b": torch.randn(4096, generator=g).abs(),
+        "c": torch.zeros(33),
+    }
+    mask = {n: torch.rand(s.shape, generator=g) > 0.4 for n, s in scores.items()}
+    names = list(scores)
+    total = sum(s.numel() for s in scores.values())
+    fallbacks = []
+    radix = selector._kth_key
+    monkeypatch.setattr(selector, "_kth_key", lambda *a: fallbacks.append(1) or radix(*a))
+    selections = 0
+    for m in (None, mask):
+        for k in (1, total // 3, int(0.75 * total), total - 2):
+            fast = _global_keep(names, scores, m, k, chunk=4000)
+            exact = _prune_lowest(
+                torch.cat(
+                    [
+                        s.flatten().masked_fill(~m[n].flatten(), float("-inf")) if m else s.flatten()
+                        for n, s in scores.items()
+                    ]
+                ),
+                k,
+            )
+            assert torch.equal(torch.cat([fast[n] for n in names]), exact), k
+            selections += 1
+    assert len(fallbacks) < selections // 2  # most selections took the one-pass bracket
 
 
 def _groups(mask: torch.Tensor, m: int, output_dim: int = 0) -> torch.Tensor:

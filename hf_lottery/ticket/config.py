@@ -18,7 +18,7 @@ from transformers.utils import logging
 from ..constants import TICKET_CONFIG_NAME, TICKET_FORMAT_VERSION
 from ..utils.io import read_json
 from .figures import mask_figures
-from .fingerprint import combine_digests, tensor_digest
+from .fingerprint import combine_digests, tensor_digests
 
 logger = logging.get_logger(__name__)
 
@@ -265,11 +265,11 @@ class TicketConfig:
         inner = getattr(model, "module", model)  # DDP / accelerate wrappers
         params = dict(inner.named_parameters())
         source = weights if weights is not None else params
-        entries = []
-        for name, m in mask.items():
+        for name in mask:
             if name not in source:
                 raise ValueError(f"Cannot fingerprint {name!r}: it is not among the weights given.")
-            entries.append({"name": name, "shape": list(m.shape), "sha256": tensor_digest(source[name])})
+        digests = tensor_digests({name: source[name] for name in mask})
+        entries = [{"name": name, "shape": list(m.shape), "sha256": digests[name]} for name, m in mask.items()]
         base = getattr(inner, "name_or_path", None) or getattr(getattr(inner, "config", None), "_name_or_path", None)
         args = _lottery_args_dict(lottery_args)
         model_kwargs = {}

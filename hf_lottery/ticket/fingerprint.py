@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,15 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     if sys.byteorder != "little":
         array = array.astype("<f4")
     return hashlib.sha256(array.data.cast("B")).hexdigest()
+
+
+def tensor_digests(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """`tensor_digest` of every tensor, hashed on as many threads as torch uses (SHA-256 releases the GIL)."""
+    workers = max(1, min(len(tensors), torch.get_num_threads()))
+    if workers == 1:
+        return {name: tensor_digest(t) for name, t in tensors.items()}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(tensors, pool.map(tensor_digest, tensors.values())))
 
 
 def combine_digests(entries: list[dict[str, Any]]) -> str | None:

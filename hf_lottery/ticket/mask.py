@@ -89,7 +89,7 @@ class TicketMask(Mapping[str, torch.Tensor]):
     @property
     def num_kept(self) -> int:
         """Number of weights kept (True entries)."""
-        return sum(int(m.sum()) for m in self._masks.values())
+        return sum(int(torch.count_nonzero(m)) for m in self._masks.values())
 
     @property
     def num_pruned(self) -> int:

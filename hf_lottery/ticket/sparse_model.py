@@ -18,7 +18,7 @@ from ..utils.io import commit_folder, staging_folder
 from ..utils.parameters import check_mask_fits
 from .config import SAFE_MODEL_KWARGS, TicketConfig, split_model_kwargs
 from .figures import mask_figures
-from .fingerprint import tensor_digest
+from .fingerprint import tensor_digests
 from .folder import write_ticket_files
 
 logger = logging.get_logger(__name__)
@@ -155,7 +155,8 @@ def verify_base(mask: Mapping[str, torch.Tensor], model: nn.Module, config: Tick
         logger.warning("The ticket records no fingerprint of its base weights; the base model cannot be verified.")
         return
     params = dict(model.named_parameters())
-    differing = [name for name in mask if tensor_digest(params[name]) != recorded[name]]
+    digests = tensor_digests({name: params[name] for name in mask})
+    differing = [name for name in mask if digests[name] != recorded[name]]
     if not differing:
         return
     name = differing[0]
@@ -169,7 +170,7 @@ def verify_base(mask: Mapping[str, torch.Tensor], model: nn.Module, config: Tick
     found_on += f" (revision {config.revision})" if config.revision else ""
     raise ValueError(
         f"The base weights differ from those the ticket was found on: {len(differing)} of {len(mask)} prunable "
-        f"tensors differ, first {name!r} (sha256 {tensor_digest(params[name])[:12]}… vs "
+        f"tensors differ, first {name!r} (sha256 {digests[name][:12]}… vs "
         f"{cast(str, recorded[name])[:12]}… recorded). The ticket was found on {found_on}.{hint} Load that base, or "
         "pass verify_base=False to apply the mask anyway."
     )

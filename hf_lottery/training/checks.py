@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..selector import resolve_max_tensor_sparsity
-from ..ticket.fingerprint import combine_digests, tensor_digest
+from ..ticket.fingerprint import combine_digests, tensor_digests
 from ..ticket.mask import TicketMask
 
 __all__ = [
@@ -189,7 +189,8 @@ def ticket_settings(args: Any, theta0: Mapping[str, Any]) -> dict[str, Any]:
         value = getattr(args, name, None)
         value = getattr(value, "value", value)  # enums
         settings[name] = list(value) if isinstance(value, (list, tuple)) else value
-    entries = [{"name": n, "shape": list(t.shape), "sha256": tensor_digest(t)} for n, t in theta0.items()]
+    digests = tensor_digests(theta0)
+    entries = [{"name": n, "shape": list(t.shape), "sha256": digests[n]} for n, t in theta0.items()]
     settings["base_fingerprint"] = combine_digests(entries)
     return settings
 

@@ -26,7 +26,7 @@ _STATE_KEY = "hf_lottery.early_bird"
 def mask_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     """Normalised Hamming distance: the fraction of the masked weights that one mask keeps and the other prunes."""
     total = sum(m.numel() for m in a.values())
-    differing = sum(int((a[name] != b[name]).sum()) for name in a)
+    differing = sum(int(torch.count_nonzero(a[name] != b[name])) for name in a)
     return differing / total if total else 0.0
 
 
