@@ -233,8 +233,12 @@ def _bracketed_keep(
     low, high = _bracket(names, scores, mask, k, total)
     limit = max(chunk, int(total * BRACKET_MAX_FRACTION))
     keep = {n: torch.empty(numel[n], dtype=torch.bool) for n in names}
+    # One buffer each for the scores inside the bracket and their chunk-local places (pages are only resident
+    # once written): many small tensors kept across chunks would fragment the heap the chunks reuse.
+    inside_values = torch.empty(limit, dtype=torch.float32)
+    inside_places = torch.empty(limit, dtype=torch.int32)
+    segments = []  # (name, start of the chunk, how many of the buffers' entries are its)
     below, collected = 0, 0
-    inside_values, inside_places = [], []
     for n, start, values in _score_chunks(names, scores, mask, chunk, fold_zeros=False):
         above = values > high
         keep[n][start : start + values.numel()] = above
@@ -242,21 +246,22 @@ def _bracketed_keep(
         below += int(torch.count_nonzero(under))  # far faster than a bool sum
         inside = under.logical_or_(above).logical_not_()
         count = int(torch.count_nonzero(inside))
-        collected += count
-        if collected > limit:
+        if collected + count > limit:
             return None
         if count:
-            places = inside.nonzero().flatten().to(torch.int32)
-            inside_values.append(values[places])
-            inside_places.append((n, start, places))
+            places = inside.nonzero().flatten()
+            inside_values[collected : collected + count] = values[places]
+            inside_places[collected : collected + count] = places
+            segments.append((n, start, count))
+            collected += count
     if not 0 <= k - below <= collected:
         return None
     # The scores inside the bracket, in tensor-then-index order: ties go the way the whole selection breaks them.
-    inside_keep = _prune_lowest(torch.cat(inside_values), k - below)
+    inside_keep = _prune_lowest(inside_values[:collected], k - below)
     offset = 0
-    for n, start, inside in inside_places:
-        keep[n][start + inside.long()] = inside_keep[offset : offset + inside.numel()]
-        offset += inside.numel()
+    for n, start, count in segments:
+        keep[n][start + inside_places[offset : offset + count].long()] = inside_keep[offset : offset + count]
+        offset += count
     return keep
 
 
