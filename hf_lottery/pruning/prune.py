@@ -92,6 +92,7 @@ def prune(
             f"prune(sparsity={sparsity}, method={method!r}) stopped at an intermediate step: {err}"
         ) from err
     selected = select(scores, sparsity, mask=mask)
+    del scores  # as large as the prunable weights: gone before the fingerprint's float32 copies are made
     if mask is not None:  # pruning further: the given mask says what the ticket was found on
         return selected.with_metadata(mask.metadata)
     # What load_model needs to rebuild θ0 ⊙ m: the base model, its architecture and the fingerprint of the
