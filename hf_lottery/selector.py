@@ -154,12 +154,19 @@ def _score_chunks(
         flat = scores[n].detach().reshape(-1)
         live = None if mask is None else mask[n].reshape(-1)
         for start in range(0, flat.numel(), chunk):
-            part = flat[start : start + chunk].to("cpu", torch.float32)
-            if fold_zeros or live is not None:
-                part = part + 0.0  # a fresh contiguous copy
-            if live is not None:
-                part.masked_fill_(~live[start : start + chunk].to("cpu", torch.bool), float("-inf"))
-            yield n, start, part
+            window = slice(start, start + chunk)
+            yield n, start, _float_scores(flat[window], None if live is None else live[window], fold_zeros)
+
+
+def _float_scores(values: torch.Tensor, live: torch.Tensor | None, fold_zeros: bool) -> torch.Tensor:
+    """`values` as float32 on the CPU with the weights `live` does not keep at -inf; a copy whenever it is changed
+    (never the caller's scores), -0.0 folded into +0.0 with `fold_zeros`."""
+    part = values.to("cpu", torch.float32)
+    if fold_zeros or live is not None:
+        part = part + 0.0  # a fresh contiguous copy
+    if live is not None:
+        part.masked_fill_(~live.to("cpu", torch.bool), float("-inf"))
+    return part
 
 
 def _halves(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,12 +211,14 @@ def _bracket(
     """Scores `(low, high)` that bracket the `k`-th lowest with high probability: quantiles of a strided sample."""
     size = min(max(total // GLOBAL_SELECTION_SAMPLE_EVERY, GLOBAL_SELECTION_SAMPLE_MIN), GLOBAL_SELECTION_SAMPLE_MAX)
     stride = max(1, total // size)
-    parts = []
-    for n in names:
-        part = scores[n].detach().reshape(-1)[::stride].to("cpu", torch.float32) + 0.0
-        if mask is not None:
-            part.masked_fill_(~mask[n].reshape(-1)[::stride].to("cpu", torch.bool), float("-inf"))
-        parts.append(part)
+    parts = [
+        _float_scores(
+            scores[n].detach().reshape(-1)[::stride],
+            None if mask is None else mask[n].reshape(-1)[::stride],
+            fold_zeros=False,
+        )
+        for n in names
+    ]
     sample = torch.cat(parts).sort().values
     m = sample.numel()
     quantile = k / total
@@ -462,7 +471,7 @@ def select_mask(
                     f"Mask and scores differ in shape for {n!r}: {tuple(mask[n].shape)} vs {tuple(scores[n].shape)}."
                 )
     numel = {n: scores[n].numel() for n in names}
-    already = {n: 0 if mask is None else scores[n].numel() - int(torch.count_nonzero(mask[n])) for n in names}
+    already = {n: 0 if mask is None else numel[n] - int(torch.count_nonzero(mask[n])) for n in names}
     cap = {
         n: numel[n] if max_tensor_sparsity is None else max(math.floor(max_tensor_sparsity * numel[n]), already[n])
         for n in names
