@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hf_lottery import prune
 from hf_lottery.testing_utils import tiny_model
-from hf_lottery.training.enforcement import MaskEnforcer
+from hf_lottery.training import enforcement
+from hf_lottery.training.enforcement import MaskEnforcer, multiply_by_mask_
 
 
 def _held_bytes(enforcer: MaskEnforcer) -> int:
@@ -46,3 +48,16 @@ def test_enforcer_zeros_weights_gradients_and_moments_in_low_precision():
     for name, keep in mask.items():
         assert torch.all(optimizer.state[params[name]]["exp_avg"][~keep] == 0)
     enforcer.detach()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_chunked_multiply_equals_a_plain_multiply_bit_for_bit(monkeypatch, dtype):
+    monkeypatch.setattr(enforcement, "_MASK_CHUNK", 7)  # chunks that end inside the tensor and leave a ragged last one
+    values = torch.randn(5, 9).to(dtype)
+    values[0, :3] = torch.tensor([float("inf"), float("-inf"), -0.0])
+    keep = torch.rand(5, 9) > 0.4
+    expected = values.clone().mul_(keep.to(dtype))
+    multiply_by_mask_(values, keep)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16  # compares signed zeros and infinities exactly
+    assert torch.equal(values.view(bits), expected.view(bits))
+    assert keep.dtype == torch.bool  # the caller's mask is read, not changed
