@@ -7,12 +7,14 @@ check to the library: add its row here first.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -50,6 +52,15 @@ class Case:
     run: Callable[[Path], Any]
     error: type[BaseException]
     match: str  # regex over the message: the part that says what to do
+
+
+def _with_env(env: dict[str, str], fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    with mock.patch.dict(os.environ, env):
+        return fn(*args, **kwargs)
+
+
+def _no_backend() -> SimpleNamespace:
+    return SimpleNamespace(fsdp=None, deepspeed=None, parallel_mode="ParallelMode.NOT_PARALLEL")
 
 
 def largs(tmp: Path, **overrides) -> LotteryArguments:
@@ -402,7 +413,37 @@ CASES = [
         r"Choose a smaller rewind_step",
     ),
     # Distributed
-    Case("FSDP", lambda t: trainer(t, fsdp=True), NotImplementedError, r"Train with DDP"),
+    Case("FSDP1", lambda t: trainer(t, fsdp=True, fsdp_config={"version": 1}), NotImplementedError, r"FSDP1"),
+    Case(
+        "FSDP2 with a structured granularity",
+        lambda t: trainer(t, fsdp=True, granularity="head"),
+        NotImplementedError,
+        r"granularity='head'.*under FSDP yet",
+    ),
+    Case(
+        "FSDP2 with a scorer that runs the model",
+        lambda t: trainer(t, fsdp=True, pruning_method="synflow"),
+        NotImplementedError,
+        r"pruning_method='synflow' \(only magnitude, random under FSDP\)",
+    ),
+    Case(
+        "FSDP2 with distillation",
+        lambda t: trainer(t, fsdp=True, distill_alpha=0.5),
+        NotImplementedError,
+        r"distillation \(distill_alpha > 0\)",
+    ),
+    Case(
+        "FSDP through accelerate launch (FSDP1 by default)",
+        lambda t: _with_env({"ACCELERATE_USE_FSDP": "true"}, check_distributed_setup, _no_backend(), fsdp2=True),
+        NotImplementedError,
+        r"asks for FSDP1",
+    ),
+    Case(
+        "FSDP in LotteryCallback",
+        lambda t: LotteryCallback(largs(t)).on_train_begin(largs(t, fsdp=True), None, None),
+        NotImplementedError,
+        r"FSDP2 \(`fully_shard`\) in LotteryTrainer only",
+    ),
     Case(
         "DeepSpeed",
         lambda t: check_distributed_setup(SimpleNamespace(fsdp=None, deepspeed="ds_config.json")),

@@ -6,8 +6,11 @@ DDP keeps the weights of all ranks equal *while it trains*: it broadcasts rank 0
 hf_lottery makes these agree explicitly: θ0 is taken from the main process, and each new mask is checked against
 the main process's (a digest per round) and replaced by it if a rank disagrees.
 
-Sharded backends (FSDP, DeepSpeed) are refused: masks address full parameters by name, the gradient hooks sit on
-those parameters, and the pruned weights are reset in the model rather than in sharded or fp32 master copies.
+FSDP2 (`fully_shard`, through the Trainer's accelerate backend) is supported by `LotteryTrainer` for unstructured
+tickets scored from the weights (magnitude, random): masks and θ0 stay full and identical on every rank, scoring
+reads all-gathered parameters, and every write (rewinding, the mask on weights, gradients and moments) goes to each
+rank's own shard (`hf_lottery.training.sharding`). FSDP1, DeepSpeed (whose fp32 master weights would revive the
+pruned weights hf_lottery zeroes in the model) and the FSDP setups not covered yet are refused with what to do.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from ..ticket.mask import TicketMask
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["broadcast_weights_", "check_distributed_setup", "is_distributed", "mask_digest", "sync_mask"]
+__all__ = [
+    "broadcast_weights_",
+    "check_distributed_setup",
+    "fsdp_version",
+    "is_distributed",
+    "mask_digest",
+    "sync_mask",
+]
 
 
 def is_distributed() -> bool:
@@ -37,23 +47,63 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
-def check_distributed_setup(args: Any) -> None:
+def fsdp_version(args: Any) -> int | None:
+    """The FSDP version a Trainer with these arguments will shard with (None: no FSDP), from `fsdp=` /
+    `fsdp_config` (transformers defaults to 2) or from `accelerate launch`'s environment (accelerate defaults to 1).
+    """
+    if getattr(args, "fsdp", None):
+        config = getattr(args, "fsdp_config", None)
+        config = config if isinstance(config, dict) else {}
+        return int(config.get("version") or config.get("fsdp_version") or 2)
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    return None
+
+
+# What FSDP2 runs are tested for: scores read from the weights alone (scorers that run the model, e.g. SynFlow or
+# Wanda, would run it inside the all-gather) and unstructured masks (structured surgery rebuilds modules).
+FSDP_PRUNING_METHODS = ("magnitude", "random")
+
+
+def _fsdp_problem(args: Any) -> str | None:
+    if getattr(args, "granularity", "weight") != "weight":
+        return f"granularity={args.granularity!r} (structured tickets compact the model)"
+    if getattr(args, "pruning_method", "magnitude") not in FSDP_PRUNING_METHODS:
+        return f"pruning_method={args.pruning_method!r} (only {', '.join(FSDP_PRUNING_METHODS)} under FSDP)"
+    if getattr(args, "distill_alpha", 0.0) > 0:
+        return "distillation (distill_alpha > 0)"
+    if getattr(args, "early_bird_interval_steps", None) is not None:
+        return "early-bird rounds (early_bird_interval_steps)"
+    return None
+
+
+def check_distributed_setup(args: Any, fsdp2: bool = False) -> None:
     """Refuse the setups hf_lottery cannot keep a mask exact in, with what to do instead.
 
     Args:
         args (`TrainingArguments`): the Trainer's arguments.
+        fsdp2 (`bool`, *optional*, defaults to `False`): whether the caller supports FSDP2 (`LotteryTrainer`).
 
     Raises:
-        `NotImplementedError`: FSDP or DeepSpeed is enabled (by the arguments or by `accelerate launch`).
+        `NotImplementedError`: DeepSpeed, FSDP1, or FSDP where the caller does not support it or with a setting not
+            supported under FSDP yet (structured granularity, scorers that run the model, distillation,
+            early-bird rounds).
         `ValueError`: several processes were launched but the Trainer will not run DDP (on a machine without a GPU,
             `use_cpu=True` is needed), so each process would train and prune its own model.
     """
-    if getattr(args, "fsdp", None) or _env_flag("ACCELERATE_USE_FSDP"):
+    version = fsdp_version(args)
+    if version is not None and (not fsdp2 or version != 2):
         raise NotImplementedError(
-            "hf_lottery does not support FSDP: masks address whole parameters by name and the gradient hooks sit on "
-            "them, which FSDP flattens and shards. Train with DDP (remove `fsdp=`/`--fsdp`, or use an `accelerate "
-            "config` without FSDP); a model that does not fit one device needs a smaller per-device batch or "
-            "activation checkpointing."
+            f"hf_lottery supports FSDP2 (`fully_shard`) in LotteryTrainer only; this run asks for FSDP{version} in "
+            f"{'LotteryTrainer' if fsdp2 else 'LotteryCallback'}. Use LotteryTrainer with "
+            "`fsdp_config={'version': 2}` (accelerate: `fsdp_version: 2`), or train with DDP (remove `fsdp=` / "
+            "`--fsdp`, or use an `accelerate config` without FSDP)."
+        )
+    problem = _fsdp_problem(args) if version is not None else None
+    if problem is not None:
+        raise NotImplementedError(
+            f"hf_lottery does not support {problem} under FSDP yet. Train this setting with DDP, or run an "
+            "unstructured magnitude lottery under FSDP."
         )
     if getattr(args, "deepspeed", None) or _env_flag("ACCELERATE_USE_DEEPSPEED"):
         raise NotImplementedError(

@@ -29,6 +29,7 @@ from .distributed import sync_mask
 from .early_bird import EarlyBird
 from .granularity import Batches, granularity_for
 from .run_state import RunState, snapshot_weights
+from .sharding import unsharded
 
 logger = logging.get_logger(__name__)
 
@@ -156,7 +157,8 @@ class LotteryRounds:
             if self.ticket_at_init is None:
                 raise RuntimeError("The ticket chosen at initialization is missing; start() was not called.")
             return self.ticket_at_init
-        return sync_mask(self.granularity.prune(model, self.args, self.schedule[index], mask, index, batches))
+        with unsharded(model):  # scores read full weights (a no-op without FSDP)
+            return sync_mask(self.granularity.prune(model, self.args, self.schedule[index], mask, index, batches))
 
     def rewind_weights(
         self, index: int, trained_previous: Callable[[], dict[str, torch.Tensor]] | None, steps_run: Any = "?"

@@ -27,14 +27,17 @@ from ..constants import (
 from ..ticket.mask import TicketMask
 from ..utils.io import load_tensors, read_json, save_tensors, write_json
 from .checks import MAX_SCHEDULE_ROUNDS
+from .sharding import local_part, local_tensor, reshard, unsharded
 
 STATE_FORMAT_VERSION = 1
 RUN_SETTINGS_NAME = "settings.json"
 
 
 def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copy of every parameter and persistent buffer, keyed by name (tied weights appear once)."""
-    weights = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()}
+    """CPU copy of every parameter and persistent buffer, keyed by name (tied weights appear once); full tensors
+    also under FSDP2 (gathered: every rank must call it)."""
+    with unsharded(model):
+        weights = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()}
     for module_name, module in model.named_modules():
         for name, buf in module.named_buffers(recurse=False):
             if name not in module._non_persistent_buffers_set:
@@ -44,7 +47,9 @@ def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def load_weights_(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy `weights` (from [`snapshot_weights`]) into `model` in place; every entry must exist with its shape."""
+    """Copy `weights` (from [`snapshot_weights`]) into `model` in place; every entry must exist with its shape.
+    Under FSDP2 each rank copies its shard's slice."""
+    reshard(model)
     targets: dict[str, torch.Tensor] = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     for name, value in weights.items():
@@ -55,7 +60,7 @@ def load_weights_(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
             raise ValueError(
                 f"Cannot rewind {name!r}: shape {tuple(value.shape)} vs {tuple(targets[name].shape)}. {hint}"
             )
-        targets[name].copy_(value)
+        local_tensor(targets[name]).copy_(local_part(value, targets[name]))
 
 
 PHASES = ("prepared", "trained")

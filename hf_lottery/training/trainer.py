@@ -137,7 +137,7 @@ class LotteryTrainer(Trainer):
                 "LotteryTrainer needs `args=LotteryArguments(...)` (a TrainingArguments subclass with the lottery "
                 f"settings), got {type(training_args).__name__}."
             )
-        check_distributed_setup(training_args)
+        check_distributed_setup(training_args, fsdp2=True)
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers is not None and any(o is not None for o in optimizers):
             raise ValueError(
