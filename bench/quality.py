@@ -431,12 +431,31 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
     return "\n".join(lines), {"mean": mean, "std": std, "highest_matching": highest, "repeated": repeated}
 
 
+def merge(table: dict, earlier: dict, source: str) -> None:
+    """Add the trainings of an earlier study's results file (same task and budget, another cache) that this cache
+    does not hold; a dense seed both hold keeps this cache's run, and the two are compared in `merged`."""
+    merged = table.setdefault("merged", {})
+    for key, value in earlier.get("dense", {}).items():
+        if key in table["dense"]:
+            merged[f"{key} (also in {source})"] = {"here": table["dense"][key], "there": value}
+        else:
+            table["dense"][key] = value
+    for section in ("methods", "repeats", "without_kd"):
+        for key, value in earlier.get(section, {}).items():
+            table.setdefault(section, {}).setdefault(key, value)
+    for key, value in earlier.get("seconds", {}).items():
+        table["seconds"].setdefault(key, value)
+    merged.setdefault("sources", []).append({"file": source, "machine": earlier.get("machine")})
+
+
 def report(opts) -> None:
     """Print the tables of one task, write its raw numbers beside this file and redraw `bench/quality.png`."""
     from glue_tasks import get_task
 
     task = get_task(opts.task)
     table = collect(Path(opts.cache) / opts.task, list(task.metric_names))
+    for path in opts.merge:
+        merge(table, json.loads(Path(path).read_text()), Path(path).name)
     for metric in task.metric_names:
         text, summary = markdown(opts.task, table, metric)
         table.setdefault("summary", {})[metric] = summary
@@ -529,6 +548,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for this process")
     parser.add_argument("--name", default=None, help="name of the committed results file (default: the task)")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plot")
+    parser.add_argument(
+        "--merge", nargs="*", default=[], metavar="RESULTS_JSON", help="add an earlier study's trainings to the report"
+    )
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     report(opts) if opts.report else study(opts)
