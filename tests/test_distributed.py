@@ -16,13 +16,13 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from hf_lottery import LotteryTrainer, TicketMask
-from hf_lottery.testing_utils import toy_dataset
+from hf_lottery import TicketMask
 from hf_lottery.training.distributed import broadcast_weights_, is_distributed, mask_digest, sync_mask
 from hf_lottery.utils.io import load_tensors
 
 SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_lottery.py"
 sys.path.insert(0, str(SCRIPT.parent))
+import rank_utils  # noqa: E402  (tests/scripts/)
 
 
 @pytest.fixture(scope="module")
@@ -105,23 +105,12 @@ def test_distillation_under_ddp(ddp_run):
 
 
 def test_ticket_matches_a_single_process_run(ddp_run, tmp_path):
-    import ddp_lottery  # tests/scripts/
-
     result, out = ddp_run
-    args = ddp_lottery.lottery_args(str(tmp_path), per_device_train_batch_size=8, ddp_backend=None)
-    trainer = LotteryTrainer(
-        model=ddp_lottery.model_for_rank(0),
-        args=args,
-        train_dataset=toy_dataset(32, seed=0),
-        eval_dataset=toy_dataset(16, seed=1),
-    )
-    trainer.train()
+    single = rank_utils.single_process_run(str(tmp_path), rank_utils.DDP_RUN)
     ddp_ticket = TicketMask(load_tensors(out / "ticket.safetensors"))
-    single = trainer.ticket
-    assert single.sparsity == pytest.approx(ddp_ticket.sparsity, abs=1e-12)
-    agree = sum(int((single[n] == ddp_ticket[n]).sum()) for n in ddp_ticket) / ddp_ticket.num_params
-    assert agree >= 0.99
-    assert [r["sparsity"] for r in trainer.lottery_history] == [r["sparsity"] for r in result["history"]]
+    assert single.ticket.sparsity == pytest.approx(ddp_ticket.sparsity, abs=1e-12)
+    assert rank_utils.agreement(single.ticket, ddp_ticket) >= 0.99
+    assert [r["sparsity"] for r in single.lottery_history] == [r["sparsity"] for r in result["history"]]
 
 
 def test_helpers_are_no_ops_in_one_process(bert):

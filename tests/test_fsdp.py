@@ -18,8 +18,7 @@ import torch
 from conftest import REPO_ROOT
 from transformers import AutoModelForSequenceClassification
 
-from hf_lottery import LotteryTrainer, TicketMask
-from hf_lottery.testing_utils import toy_dataset
+from hf_lottery import TicketMask
 from hf_lottery.training.distributed import fsdp_version
 from hf_lottery.training.run_state import snapshot_weights
 from hf_lottery.training.sharding import is_fsdp_sharded, local_part, unsharded
@@ -27,6 +26,7 @@ from hf_lottery.utils.io import load_tensors
 
 SCRIPT = REPO_ROOT / "tests" / "scripts" / "fsdp_lottery.py"
 sys.path.insert(0, str(SCRIPT.parent))
+import rank_utils  # noqa: E402  (tests/scripts/)
 
 
 @pytest.fixture(scope="module")
@@ -72,36 +72,22 @@ def test_every_round_starts_from_its_rewind_point_and_keeps_pruned_weights_zero(
 
 
 def test_ticket_matches_a_single_process_run(fsdp_run, tmp_path):
-    import fsdp_lottery  # tests/scripts/
-
     result, out = fsdp_run
-    args = fsdp_lottery.lottery_args(
-        str(tmp_path), per_device_train_batch_size=8, ddp_backend=None, fsdp=None, fsdp_config=None
-    )
-    trainer = LotteryTrainer(
-        model=fsdp_lottery.model_for_rank(0),
-        args=args,
-        train_dataset=toy_dataset(32, seed=0),
-        eval_dataset=toy_dataset(16, seed=1),
-    )
-    trainer.train()
+    single = rank_utils.single_process_run(str(tmp_path), rank_utils.FSDP_RUN)
     fsdp_ticket = TicketMask(load_tensors(out / "ticket.safetensors"))
-    single = trainer.ticket
-    assert single.sparsity == pytest.approx(fsdp_ticket.sparsity, abs=1e-12)
-    agree = sum(int((single[n] == fsdp_ticket[n]).sum()) for n in fsdp_ticket) / fsdp_ticket.num_params
-    assert agree >= 0.99
+    assert single.ticket.sparsity == pytest.approx(fsdp_ticket.sparsity, abs=1e-12)
+    assert rank_utils.agreement(single.ticket, fsdp_ticket) >= 0.99
+    assert [r["sparsity"] for r in single.lottery_history] == pytest.approx(result["sparsities"])
 
 
 def test_the_saved_model_loads_without_hf_lottery_with_its_zeros(fsdp_run):
-    import fsdp_lottery
-
     result, out = fsdp_run
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     ticket = TicketMask(load_tensors(out / "ticket.safetensors"))
     params = dict(model.named_parameters())
     for name, keep in ticket.items():
         assert bool(params[name][~keep].eq(0).all()), name
-    assert fsdp_lottery.digest(snapshot_weights(model)) == result["final_weights"]
+    assert rank_utils.digest(snapshot_weights(model)) == result["final_weights"]
 
 
 def test_the_helpers_are_no_ops_without_fsdp(bert):

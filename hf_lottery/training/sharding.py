@@ -53,8 +53,7 @@ def unsharded(model: nn.Module) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        for module in modules:
-            module.reshard()  # type: ignore[operator]
+        reshard(model)
 
 
 def reshard(model: nn.Module) -> None:

@@ -15,7 +15,6 @@ they write (audit hook) so the test can check that only the main process writes 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -45,9 +44,9 @@ if os.environ.get("RANK", "0") != "0":
     safetensors.torch.save_file = _recording(safetensors.torch.save_file, 1)
     torch.save = _recording(torch.save, 1)
 
-from hf_lottery.testing_utils import tiny_model, toy_dataset  # noqa: E402
-
 torch.set_num_threads(1)  # two processes on the machine's cores: more threads only contend (conftest sets two)
+import rank_utils  # noqa: E402  (tests/scripts/)
+from rank_utils import DDP_RUN, digest, gather, model_for_rank, train_datasets  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer  # noqa: E402
@@ -65,22 +64,6 @@ def _audit(event: str, args: tuple) -> None:
             WRITES.append(str(path))
     elif event in ("os.rename", "os.remove") and args and str(args[0]).startswith(ROOT):
         WRITES.append(f"{event}:{args[0]}")
-
-
-def digest(tensors) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def gather(value):
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
 
 
 class Probe(TrainerCallback):
@@ -127,34 +110,7 @@ class InterruptAt(TrainerCallback):
 
 
 def lottery_args(output_dir: str, **overrides) -> LotteryArguments:
-    values = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=4,  # x 2 processes = the single-process run's 8
-        num_train_epochs=1,
-        learning_rate=1e-3,
-        target_sparsity=0.1,  # rounds at 0% and 10%
-        pruning_rate=0.1,
-        save_strategy="steps",
-        save_steps=2,
-        logging_steps=2,
-        eval_strategy="no",
-        report_to="none",
-        seed=0,
-        ddp_backend="gloo",
-        use_cpu=True,  # without it the Trainer shards the data but does not wrap the model in DDP on a CPU machine
-        # transformers 5 otherwise scales the loss by the number of processes for models taking **kwargs (BERT),
-        # which doubles the reported losses and, for a loss that ignores num_items_in_batch, the gradients.
-        average_tokens_across_devices=False,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
-    values.update(overrides)
-    return LotteryArguments(**values)
-
-
-def model_for_rank(rank: int):
-    # A different initialisation on each rank: hf_lottery must take θ0 from the main process.
-    return tiny_model(seed=rank, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return rank_utils.lottery_args(output_dir, **{**DDP_RUN, **overrides})
 
 
 def plain_args(out: Path, **overrides) -> TrainingArguments:
@@ -194,7 +150,7 @@ def main() -> None:
     parser.add_argument("out")
     out = Path(parser.parse_args().out)
     ROOT = str(out)
-    train, dev = toy_dataset(32, seed=0), toy_dataset(16, seed=1)
+    train, dev = train_datasets()
 
     # TrainingArguments initialises the process group (gloo) from torchrun's environment.
     args_full = lottery_args(str(out / "full"))

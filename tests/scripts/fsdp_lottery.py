@@ -13,7 +13,6 @@ is saved with `save_model` (full state dict) for the test to load without hf_lot
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -37,62 +36,19 @@ def _fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
 accelerate.state.AcceleratorState.__init__ = _fsdp_on_cpu
 
 torch.set_num_threads(1)
+import rank_utils  # noqa: E402  (tests/scripts/)
+from rank_utils import FSDP_RUN, digest, gather, model_for_rank, train_datasets  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_lottery import LotteryArguments, LotteryTrainer  # noqa: E402
-from hf_lottery.testing_utils import tiny_model, toy_dataset  # noqa: E402
 from hf_lottery.training.run_state import snapshot_weights  # noqa: E402
 from hf_lottery.training.sharding import local_part, local_tensor  # noqa: E402
 from hf_lottery.utils.io import save_tensors  # noqa: E402
 
-FSDP_CONFIG = {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"], "state_dict_type": "FULL_STATE_DICT"}
-
-
-def digest(tensors) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def gather(value):
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
-
 
 def lottery_args(output_dir: str, **overrides) -> LotteryArguments:
-    values = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=4,  # x 2 processes = the single-process run's 8
-        num_train_epochs=1,
-        learning_rate=1e-3,
-        target_sparsity=0.4,  # rounds at 0, 20 and 40 %
-        pruning_rate=0.2,
-        save_strategy="no",
-        logging_steps=2,
-        eval_strategy="no",
-        report_to="none",
-        seed=0,
-        ddp_backend="gloo",
-        use_cpu=True,
-        fsdp=True,
-        fsdp_config=FSDP_CONFIG,
-        average_tokens_across_devices=False,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
-    values.update(overrides)
-    return LotteryArguments(**values)
-
-
-def model_for_rank(rank: int):
-    # A different initialisation on each rank: hf_lottery must take θ0 from the main process.
-    return tiny_model(seed=rank, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return rank_utils.lottery_args(output_dir, **{**FSDP_RUN, **overrides})
 
 
 class Probe(TrainerCallback):
@@ -144,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     out = Path(parser.parse_args().out)
-    train, dev = toy_dataset(32, seed=0), toy_dataset(16, seed=1)
+    train, dev = train_datasets()
     args = lottery_args(str(out / "run"))  # initialises the process group (gloo) from torchrun's environment
     rank = dist.get_rank()
 
