@@ -9,12 +9,28 @@ import torch
 
 
 def machine() -> str:
+    """CPU model (with its family / model numbers: clouds sell several generations under one name), the kernels
+    torch picked for it, threads and versions. Runs of one seed are bit-identical only on one such machine."""
+    fields: dict[str, str] = {}
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+        fields = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines())}
     except OSError:
-        model = platform.processor() or "?"
-    return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+        pass
+    model = fields.get("Model name") or platform.processor() or "?"
+    if "CPU family" in fields:
+        model += f" (family {fields['CPU family']} model {fields.get('Model', '?')})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"{model} {capability}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def same_machine(a: str | None, b: str | None) -> bool:
+    """Whether two `machine()` strings name the same CPU and kernels (thread counts and versions aside). Strings
+    without the CPU family (recorded before it was) cannot tell two generations apart: not the same."""
+    return bool(a and b) and "(family" in str(a) and a.split(",")[0] == str(b).split(",")[0]
 
 
 def minilm_classifier(num_labels: int = 2):

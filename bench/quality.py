@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine
+from _common import machine, same_machine
 from transformers import TrainerCallback
 
 from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_pruning_like
@@ -381,6 +381,11 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         "| method | " + " | ".join(f"{100 * s:.0f} %" for s in sparsities) + " | highest matching |",
         "|---" + "|---:" * (len(sparsities) + 1) + "|",
     ]
+    other = set(table.get("merged", {}).get("from_other_machine", []))
+
+    def label(section: str, key: str, method: str) -> str:
+        return METHOD_LABELS[method] + (" †" if f"{section}/{key}" in other else "")
+
     highest = {}
     for method in (m for m in METHOD_LABELS if m in table["methods"]):
         by_s = {round(r["sparsity"], 2): r[metric] for r in table["methods"][method]}
@@ -391,7 +396,7 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         best = f"{100 * highest[method]:.0f} %" if matching else "none"
         if len(by_s) < len(sparsities):
             best = "(not every level run)"
-        lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + f" | {best} |")
+        lines.append(f"| {label('methods', method, method)} | " + " | ".join(cells) + f" | {best} |")
     repeated = {}
     if table.get("repeats"):
         lines += [
@@ -409,7 +414,7 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         repeated[spec] = {"values": values, "mean": m, "std": sd, "matches": m >= mean - std}
         cells = [f"{100 * v:.2f}" for v in values] + [""] * (3 - len(values))
         lines.append(
-            f"| {METHOD_LABELS[method]} | {100 * own['sparsity']:.0f} % | "
+            f"| {label('repeats', spec, method)} | {100 * own['sparsity']:.0f} % | "
             + " | ".join(cells[:3])
             + f" | {100 * m:.2f} ± {100 * sd:.2f} | {'yes' if m >= mean - std else 'no'} |"
         )
@@ -425,24 +430,46 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         method, r = spec.split("=")
         own = [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][int(r) - 1]
         lines.append(
-            f"| {METHOD_LABELS[method]} | {100 * own['sparsity']:.0f} % | {100 * own[metric]:.2f} | "
+            f"| {label('without_kd', spec, method)} | {100 * own['sparsity']:.0f} % | {100 * own[metric]:.2f} | "
             f"{100 * point[metric]:.2f} |"
         )
+    if other:
+        sources = "; ".join(sorted({str(table.get("machine_of", {}).get(key)) for key in other}))
+        lines += [
+            "",
+            f"† trained on another machine, or on one recorded without its CPU family ({sources}); the threshold is "
+            "this machine's dense runs.",
+        ]
     return "\n".join(lines), {"mean": mean, "std": std, "highest_matching": highest, "repeated": repeated}
 
 
 def merge(table: dict, earlier: dict, source: str) -> None:
     """Add the trainings of an earlier study's results file (same task and budget, another cache) that this cache
-    does not hold; a dense seed both hold keeps this cache's run, and the two are compared in `merged`."""
+    does not hold. A dense seed both hold keeps this cache's run (the two are compared in `merged`). Each added row
+    keeps the machine it was trained on (`machine_of`); dense runs of another machine never enter this table's
+    threshold (a seed's run differs from one CPU to another) and are kept in `merged` only, and the method rows of
+    another machine are listed there (`from_other_machine`) and marked † in the tables."""
     merged = table.setdefault("merged", {})
+    machine_of = table.setdefault("machine_of", {})
+
+    def origin(key: str) -> str | None:
+        return earlier.get("machine_of", {}).get(key, earlier.get("machine"))
+
     for key, value in earlier.get("dense", {}).items():
         if key in table["dense"]:
             merged[f"{key} (also in {source})"] = {"here": table["dense"][key], "there": value}
+        elif not same_machine(table.get("machine"), origin(f"dense/{key}")):
+            merged[f"{key} (in {source}, another machine: not in the threshold)"] = value
         else:
             table["dense"][key] = value
+            machine_of[f"dense/{key}"] = origin(f"dense/{key}")
     for section in ("methods", "repeats", "without_kd"):
         for key, value in earlier.get(section, {}).items():
-            table.setdefault(section, {}).setdefault(key, value)
+            if key not in table.get(section, {}):
+                table.setdefault(section, {})[key] = value
+                machine_of[f"{section}/{key}"] = origin(f"{section}/{key}")
+                if not same_machine(table.get("machine"), origin(f"{section}/{key}")):
+                    merged.setdefault("from_other_machine", []).append(f"{section}/{key}")
     for key, value in earlier.get("seconds", {}).items():
         table["seconds"].setdefault(key, value)
     merged.setdefault("sources", []).append({"file": source, "machine": earlier.get("machine")})

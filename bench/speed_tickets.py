@@ -94,6 +94,15 @@ INT8_RECIPES: dict[str, list[str] | None] = {
 }
 
 
+def layer_widths(model: nn.Module) -> dict[str, list[int]]:
+    """Kept heads and FFN neurons per layer: the shape that decides the speed (bench/ticket_shapes.py rebuilds it)."""
+    layers = model.base_model.encoder.layer  # the BERT-family models of this bench
+    return {
+        "heads": [layer.attention.self.num_attention_heads for layer in layers],
+        "neurons": [layer.intermediate.dense.out_features for layer in layers],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -318,6 +327,7 @@ class RoundPoints(TrainerCallback):
                 point[f"speed_{name}"] = time_export(exported, self.dense, self.args, ["all"])
             if quantize is None and structured:
                 point["structure"] = structure_counts(exported)
+                point["layer_widths"] = layer_widths(exported)
         point["load_average_after"] = load_average()
         append_point(self.out, point)
         self.done.add(key)
@@ -586,6 +596,7 @@ def layers_part(args: argparse.Namespace) -> None:
                     int8 = export_for_cpu(student, quantize="int8")
                     point["metrics_int8"] = evaluate(int8, dev, collator, metric_fn)
                 point["structure"] = structure_counts(exported)
+                point["layer_widths"] = layer_widths(exported)
                 point["load_average_after"] = load_average()
                 append_point(points_path, point)
                 done.add((run, seed, round_index))
