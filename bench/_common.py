@@ -7,6 +7,9 @@ import subprocess
 
 import torch
 
+# The speed tickets' int8 recipe: every Linear int8 but the FFN output projections (bench/RESULTS.md, "int8 recipes").
+INT8_ALL_BUT_FFN_OUTPUT = [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifier)"]
+
 
 def machine() -> str:
     """CPU model (with its family / model numbers: clouds sell several generations under one name), the kernels

@@ -22,14 +22,11 @@ import json
 from pathlib import Path
 
 import torch
-from _common import machine
+from _common import INT8_ALL_BUT_FFN_OUTPUT, machine
 
 from hf_lottery import load_for_cpu, pad_neurons
 from hf_lottery.deploy.quantize import quantizable_linears, quantize_linears_
 from hf_lottery.deploy.speed import _flops, _inputs, _time_alternated, load_average, unpruned_reference
-
-# The int8 recipe of bench/speed_tickets.py ("all but FFN output").
-INT8_MODULES = [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifier)"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +70,7 @@ def variants(folder: Path, multiples: list[int], int8: bool) -> dict[str, torch.
     if int8:
         for name in ["pruned", f"pad{multiples[0]}"]:
             quantized = copy.deepcopy(models[name])
-            quantize_linears_(quantized, quantizable_linears(quantized, INT8_MODULES))
+            quantize_linears_(quantized, quantizable_linears(quantized, INT8_ALL_BUT_FFN_OUTPUT))
             models[f"{name}+int8"] = quantized.eval()
     models["dense"] = unpruned_reference(pruned)
     return models

@@ -64,6 +64,7 @@ from typing import Any
 
 import torch
 import transformers
+from _common import INT8_ALL_BUT_FFN_OUTPUT
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -88,7 +89,7 @@ RUNS = ("structured", "structured+kd", "unstructured")
 # The rest stay fp32: the FFN output projection sums the most inputs, so its rounding errors add up the most.
 INT8_RECIPES: dict[str, list[str] | None] = {
     "all": None,
-    "all but FFN output": [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifier)"],
+    "all but FFN output": INT8_ALL_BUT_FFN_OUTPUT,
     "attention only": [r"\.attention\."],
     "FFN only": [r"\.intermediate\.", r"layer\.\d+\.output\."],
 }

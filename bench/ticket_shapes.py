@@ -10,23 +10,27 @@ shape is all-MiniLM-L6-v2 shrunk with `prune_heads` / `prune_neurons` and padded
 (`pad_neurons(model, 16)`); all shapes of one width profile and the unpruned reference run in alternation in one
 process (order flipping every round), batch 32, sequence 128, 1 and all threads; medians. measured / ideal is the
 speed-up over the reference divided by the FLOP ideal of the *unpadded* shape (the padding counts against it).
-Run it alone on the machine.
+`--int8` adds each shape with the speed tickets' int8 recipe (every Linear but the FFN output; speed-ups over the
+fp32 reference). Run it alone on the machine.
 
     python bench/ticket_shapes.py --output bench/ticket_shapes.jsonl
+    python bench/ticket_shapes.py --int8 --draws 1 --output bench/ticket_shapes.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import statistics
 from pathlib import Path
 
 import torch
-from _common import machine, minilm_classifier
+from _common import INT8_ALL_BUT_FFN_OUTPUT, machine, minilm_classifier
 
 from hf_lottery import pad_neurons, prune_heads, prune_neurons
+from hf_lottery.deploy.quantize import quantizable_linears, quantize_linears_
 from hf_lottery.deploy.speed import _flops, _inputs, _time_alternated, load_average, unpruned_reference
 
 KNOWN_HEADS = [6, 7, 5, 2, 4, 5]  # the SST-2 seed-0 60 % ticket (bench/RESULTS.md, "Speed tickets")
@@ -41,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--int8", action="store_true", help="also time each shape with the speed tickets' int8 recipe")
     p.add_argument("--only", nargs="+", help="these profiles only (e.g. mrpc/structured+kd-seed1)")
     p.add_argument("--output", type=Path, default=Path("bench/ticket_shapes.jsonl"))
     return p.parse_args(argv)
@@ -72,8 +77,6 @@ def head_distributions(total: int, layers: int, heads_per_layer: int, draws: int
 
 
 def shrunk(base: torch.nn.Module, heads: list[int], widths: list[int]) -> tuple[torch.nn.Module, int]:
-    import copy
-
     config = base.config
     model = copy.deepcopy(base)
     prune_heads(model, {i: list(range(config.num_attention_heads - h)) for i, h in enumerate(heads)})
@@ -103,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         flops: dict[str, int] = {}
         for label, heads in distributions.items():
             models[label], flops[label] = shrunk(base, heads, widths)
+        if args.int8:
+            for label in distributions:
+                quantized = copy.deepcopy(models[label])
+                quantize_linears_(quantized, quantizable_linears(quantized, INT8_ALL_BUT_FFN_OUTPUT))
+                models[f"{label}+int8"] = quantized.eval()
         reference = unpruned_reference(models["uniform"])
         dense_flops = _flops(reference, 128)
         models["reference"] = reference
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                 "ms": {k: 1000 * v for k, v in medians.items()},
                 "flop_ideal": {k: dense_flops / f for k, f in flops.items()},
                 "measured_over_ideal": ratios,
+                "speedup": {k: medians["reference"] / v for k, v in medians.items() if k != "reference"},
                 "load_average": [before, load_average()],
                 "machine": machine(),
                 "repeats": args.repeats,
@@ -135,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{profile} threads {threads}: reference {1000 * medians['reference']:.0f} ms; measured/ideal "
                 + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
-                + f" (min {min(ratios.values()):.2f}, median {statistics.median(ratios.values()):.2f}; load {before})",
+                + f" (min {min(ratios.values()):.2f}, median {statistics.median(ratios.values()):.2f}; load {before})"
+                + "".join(f"; {k} {record['speedup'][k]:.2f}x" for k in models if k.endswith("+int8")),
                 flush=True,
             )
         torch.set_num_threads(all_threads)
