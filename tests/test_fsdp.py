@@ -80,6 +80,23 @@ def test_ticket_matches_a_single_process_run(fsdp_run, tmp_path):
     assert [r["sparsity"] for r in single.lottery_history] == pytest.approx(result["sparsities"])
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_decoders_shard_rewind_and_find_the_single_process_ticket(fsdp_run, family, tmp_path):
+    result, out = fsdp_run
+    record = result[family]
+    assert record["sharded"] == [[True, True, True], [True, True, True]]
+    assert _all_equal(record["theta0"]) and _all_equal(record["ticket"])
+    assert _all_equal(record["round_masks"]) and len(set(record["round_masks"][0])) == 3
+    assert record["rewound_exactly"] == [[True, True, True], [True, True, True]]
+    assert record["bad_grad_steps"] == [0, 0]
+    assert record["zero_weights"] == [[True, True, True], [True, True, True]]
+    assert record["sparsities"] == pytest.approx([0.0, 0.2, 0.4], abs=1e-4)  # whole weights of an odd total
+    single = rank_utils.single_process_run(str(tmp_path), rank_utils.fsdp_decoder_run(family), family)
+    fsdp_ticket = TicketMask(load_tensors(out / f"ticket-{family}.safetensors"))
+    assert single.ticket.sparsity == pytest.approx(fsdp_ticket.sparsity, abs=1e-12)
+    assert rank_utils.agreement(single.ticket, fsdp_ticket) >= 0.99
+
+
 def test_the_saved_model_loads_without_hf_lottery_with_its_zeros(fsdp_run):
     result, out = fsdp_run
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")

@@ -6,7 +6,8 @@ itself (`fully_shard` on a gloo mesh) is torch's, exactly as on GPUs. Each rank 
 different seed, then one IMP run (rounds at 0 / 20 / 40 %, rewinding to θ0) records on every rank: that the
 parameters are sharded DTensors while training, θ0, every round's mask, whether each round started from exactly
 θ0 ⊙ mask, whether pruned gradients (before every optimizer step) and weights (after every round) are zero in
-the rank's shard, and the trained weights; then the same run with learning-rate rewinding. Rank 0 writes `result.json` and `ticket.safetensors`; the final model
+the rank's shard, and the trained weights; then the same run with learning-rate rewinding, and the first run on
+tiny Llama, Qwen2 and GPT-2 causal LMs. Rank 0 writes `result.json` and `ticket.safetensors`; the final model
 is saved with `save_model` (full state dict) for the test to load without hf_lottery.
 """
 
@@ -37,7 +38,7 @@ accelerate.state.AcceleratorState.__init__ = _fsdp_on_cpu
 
 torch.set_num_threads(1)
 import rank_utils  # noqa: E402  (tests/scripts/)
-from rank_utils import FSDP_RUN, digest, gather, model_for_rank, train_datasets  # noqa: E402
+from rank_utils import DECODER_BLOCKS, FSDP_RUN, digest, fsdp_decoder_run, gather, model_for_rank, train_datasets  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
@@ -140,6 +141,26 @@ def main() -> None:
         "zero_weights": gather(probe.zero_weights),
         "sparsities": [r["sparsity"] for r in trainer.lottery_history],
     }
+    # The decoders (Llama, Qwen2 with grouped-query attention, GPT-2 with its tied lm_head), each sharded by block.
+    for family in DECODER_BLOCKS:
+        train, _ = train_datasets(family)
+        args = rank_utils.lottery_args(str(out / family), **fsdp_decoder_run(family))
+        trainer = LotteryTrainer(model=model_for_rank(rank, family), args=args, train_dataset=train)
+        probe = Probe(trainer)
+        trainer.add_callback(probe)
+        trainer.train()
+        result[family] = {
+            "sharded": gather(probe.sharded),
+            "theta0": gather(digest(trainer._rounds.theta0)),
+            "round_masks": gather(probe.masks),
+            "rewound_exactly": gather(probe.rewound_exactly),
+            "bad_grad_steps": gather(probe.bad_grad_steps),
+            "zero_weights": gather(probe.zero_weights),
+            "ticket": gather(digest(trainer.ticket.to_dict())),
+            "sparsities": [r["sparsity"] for r in trainer.lottery_history],
+        }
+        if rank == 0:
+            save_tensors(out / f"ticket-{family}.safetensors", trainer.ticket.to_dict())
     if rank == 0:
         save_tensors(out / "ticket.safetensors", result_ticket.to_dict())
         (out / "result.json").write_text(json.dumps(result, indent=1))

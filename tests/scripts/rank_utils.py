@@ -12,13 +12,15 @@ import torch
 import torch.distributed as dist
 
 from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask
-from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.testing_utils import tiny_causal_lm, tiny_model, toy_dataset, toy_text_dataset
 
 FSDP_CONFIG = {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"], "state_dict_type": "FULL_STATE_DICT"}
 
 # Each script's lottery, on top of the settings both share (`lottery_args`).
 DDP_RUN = dict(target_sparsity=0.1, pruning_rate=0.1, save_strategy="steps", save_steps=2)  # rounds at 0 and 10 %
 FSDP_RUN = dict(target_sparsity=0.4, pruning_rate=0.2, save_strategy="no", fsdp=True, fsdp_config=FSDP_CONFIG)
+# The decoders run under FSDP too, each sharded by its own block class.
+DECODER_BLOCKS = {"llama": "LlamaDecoderLayer", "qwen2": "Qwen2DecoderLayer", "gpt2": "GPT2Block"}
 # The same run in one process: one process's batch is the two ranks' together.
 SINGLE_PROCESS = dict(per_device_train_batch_size=8, ddp_backend=None, fsdp=None, fsdp_config=None)
 
@@ -41,9 +43,18 @@ def gather(value) -> list:
     return out
 
 
-def model_for_rank(rank: int):
+def model_for_rank(rank: int, family: str = "bert"):
     # A different initialisation on each rank: hf_lottery must take θ0 from the main process.
+    if family == "gpt2":  # without dropout, whose draws differ between one process and two
+        return tiny_causal_lm(family, seed=rank, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if family in DECODER_BLOCKS:
+        return tiny_causal_lm(family, seed=rank)
     return tiny_model(seed=rank, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def fsdp_decoder_run(family: str) -> dict:
+    """`FSDP_RUN` for a tiny causal LM of `family`, sharded block by block."""
+    return {**FSDP_RUN, "fsdp_config": {**FSDP_CONFIG, "transformer_layer_cls_to_wrap": [DECODER_BLOCKS[family]]}}
 
 
 def lottery_args(output_dir: str, **overrides) -> LotteryArguments:
@@ -68,16 +79,19 @@ def lottery_args(output_dir: str, **overrides) -> LotteryArguments:
     return LotteryArguments(**values)
 
 
-def train_datasets():
-    """The toy train and dev sets every run uses."""
+def train_datasets(family: str = "bert"):
+    """The toy train and dev sets every run of `family` uses (the decoders' runs have no dev set)."""
+    if family in DECODER_BLOCKS:
+        return toy_text_dataset(32, seed=0), None
     return toy_dataset(32, seed=0), toy_dataset(16, seed=1)
 
 
-def single_process_run(output_dir: str, run: dict) -> LotteryTrainer:
-    """A script's lottery (`DDP_RUN` or `FSDP_RUN`) trained in this process, on rank 0's model."""
-    train, dev = train_datasets()
+def single_process_run(output_dir: str, run: dict, family: str = "bert") -> LotteryTrainer:
+    """A script's lottery (`DDP_RUN`, `FSDP_RUN`, `fsdp_decoder_run(...)`) trained in this process, on rank 0's
+    model."""
+    train, dev = train_datasets(family)
     args = lottery_args(output_dir, **{**run, **SINGLE_PROCESS})
-    trainer = LotteryTrainer(model=model_for_rank(0), args=args, train_dataset=train, eval_dataset=dev)
+    trainer = LotteryTrainer(model=model_for_rank(0, family), args=args, train_dataset=train, eval_dataset=dev)
     trainer.train()
     return trainer
 
