@@ -67,13 +67,20 @@ def test_lottery_trainer_finds_a_causal_lm_ticket_with_perplexity(family, tmp_pa
     assert "eval_perplexity" in json.dumps(written)
 
 
-def test_causal_lm_ticket_with_wanda_and_2_4(tmp_path):
-    model = tiny_causal_lm("qwen2")
-    args = _args(tmp_path, pruning_method="wanda", pruning_scope="2:4", wanda_calibration_batches=2)
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_lm_ticket_with_activation_aware_scoring_and_2_4(family, method, tmp_path):
+    model = tiny_causal_lm(family)
+    calibration = {f"{method}_calibration_batches": 2}
+    args = _args(tmp_path, pruning_method=method, pruning_scope="2:4", **calibration)
     trainer = LotteryTrainer(model=model, args=args, train_dataset=toy_text_dataset(32))
     trainer.train()
+    weights = dict(model.named_parameters())
     for name, keep in trainer.ticket.items():
-        assert torch.all(keep.reshape(-1, 4).sum(1) == 2), name
+        # Groups of 4 along the input dimension: a Linear's columns, a GPT-2 Conv1D's rows ([in, out] weights).
+        along_inputs = keep.T if family == "gpt2" else keep
+        assert torch.all(along_inputs.reshape(-1, 4).sum(1) == 2), name
+        assert torch.all(weights[name][~keep] == 0), name
 
 
 def test_saved_causal_lm_loads_without_the_library_and_keeps_tied_weights(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_lottery import prune
-from hf_lottery.testing_utils import tiny_model
+from hf_lottery.testing_utils import tiny_causal_lm, tiny_model
 from hf_lottery.training import enforcement
 from hf_lottery.training.enforcement import MaskEnforcer, multiply_by_mask_
 
@@ -17,8 +17,9 @@ def _held_bytes(enforcer: MaskEnforcer) -> int:
     return sum(t.numel() * t.element_size() for t in held)
 
 
-def test_enforcer_holds_at_most_one_byte_per_prunable_weight():
-    model = tiny_model().to(torch.bfloat16)
+@pytest.mark.parametrize("family", ["bert", "llama", "qwen2", "gpt2"])
+def test_enforcer_holds_at_most_one_byte_per_prunable_weight(family):
+    model = (tiny_model() if family == "bert" else tiny_causal_lm(family)).to(torch.bfloat16)
     mask = prune(model, 0.5)
     enforcer = MaskEnforcer(model, mask)
     assert 0 < _held_bytes(enforcer) <= mask.num_params
