@@ -248,14 +248,14 @@ def study(opts) -> None:
             retrain_from_theta0(method, source, cache, opts, parts, results, schedule, wait_for, save)
     for spec in opts.repeat:
         method, round_text = spec.split("=")
-        repeat_round(method, int(round_text), cache, opts, parts, results, wait_for, save)
+        repeat_round(method, int(round_text), cache, opts, parts, results, save)
     for spec in opts.without_kd:
         method, round_text = spec.split("=")
-        repeat_round(method, int(round_text), cache, opts, parts, results, wait_for, save, distill=False)
+        repeat_round(method, int(round_text), cache, opts, parts, results, save, distill=False)
     report(opts)
 
 
-def repeat_round(method, r, cache, opts, parts, results, wait_for, save, distill: bool = True) -> None:
+def repeat_round(method, r, cache, opts, parts, results, save, distill: bool = True) -> None:
     """Retrain round `r` of `method`'s finished IMP run with other seeds: its mask, its starting weights (with
     `distill=False`: once, seed 0, without distillation — what distillation adds to the same ticket)."""
     from safetensors.torch import load_file
@@ -264,16 +264,27 @@ def repeat_round(method, r, cache, opts, parts, results, wait_for, save, distill
     from hf_lottery.training.run_state import load_weights_
 
     metric = f"eval_{parts[0].main_metric}"
-    wait_for(method)
     run = cache / method
+
+    def round_ready() -> bool:  # the IMP run may still be going: round r needs its mask and its starting weights
+        start = run / KEPT_WEIGHTS_DIR / f"trained_round_{r - 1}.safetensors"
+        mask = run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors"
+        return mask.exists() and (REWIND[method] == "pretrained" or start.exists())
+
+    while method not in results and not round_ready():
+        time.sleep(30)
+        results.update({k: v for k, v in _load(cache / "results.json").items() if k not in results})
     ticket = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))
     for seed in opts.repeat_seeds if distill else [0]:
         key = f"{method}_round{r}_seed{seed}" if distill else f"{method}_round{r}_nokd"
         if key in results:
             continue
         model = parts[2]()
-        if REWIND[method] != "pretrained":  # the round starts from the previous round's trained weights
-            load_weights_(model, load_file(str(run / KEPT_WEIGHTS_DIR / f"trained_round_{r - 1}.safetensors")))
+        # The round starts from the run's θ0 (the pre-trained encoder and the run's own classification head, which
+        # a fresh model would draw anew) or from the previous round's trained weights.
+        start = "theta0.safetensors" if REWIND[method] == "pretrained" else f"trained_round_{r - 1}.safetensors"
+        start_dir = LOTTERY_STATE_DIR if REWIND[method] == "pretrained" else KEPT_WEIGHTS_DIR
+        load_weights_(model, load_file(str(run / start_dir / start)))
         teacher = None
         if method in DISTILLED and distill:
             dense = load_file(str(run / LOTTERY_STATE_DIR / TEACHER_NAME))
