@@ -11,6 +11,15 @@ import torch
 INT8_ALL_BUT_FFN_OUTPUT = [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifier)"]
 
 
+def layer_widths(model) -> dict[str, list[int]]:
+    """Kept heads and FFN neurons per layer of a BERT-family model: the shape that decides its speed."""
+    layers = model.base_model.encoder.layer
+    return {
+        "heads": [layer.attention.self.num_attention_heads for layer in layers],
+        "neurons": [layer.intermediate.dense.out_features for layer in layers],
+    }
+
+
 def machine() -> str:
     """CPU model (with its family / model numbers: clouds sell several generations under one name), the kernels
     torch picked for it, threads and versions. Runs of one seed are bit-identical only on one such machine."""

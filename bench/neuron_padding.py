@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import torch
-from _common import INT8_ALL_BUT_FFN_OUTPUT, machine
+from _common import INT8_ALL_BUT_FFN_OUTPUT, layer_widths, machine
 
 from hf_lottery import load_for_cpu, pad_neurons
 from hf_lottery.deploy.quantize import quantizable_linears, quantize_linears_
@@ -48,10 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--output", type=Path, default=Path("bench/neuron_padding.jsonl"))
     return p.parse_args(argv)
-
-
-def widths(model) -> list[int]:
-    return [layer.intermediate.dense.out_features for layer in model.base_model.encoder.layer]
 
 
 def variants(folder: Path, multiples: list[int], int8: bool) -> dict[str, torch.nn.Module]:
@@ -99,7 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     for folder in args.exports:
         models = variants(folder, args.multiples, args.int8)
         flops = {name: _flops(model, args.seq_len) for name, model in models.items()}
-        shapes = {name: widths(model) for name, model in models.items() if "int8" not in name and name != "dense"}
+        shapes = {
+            name: layer_widths(model)["neurons"]
+            for name, model in models.items()
+            if "int8" not in name and name != "dense"
+        }
         for threads in args.threads:
             torch.set_num_threads(threads)
             for batch in args.batch_sizes:

@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 import transformers
-from _common import INT8_ALL_BUT_FFN_OUTPUT
+from _common import INT8_ALL_BUT_FFN_OUTPUT, layer_widths
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -93,15 +93,6 @@ INT8_RECIPES: dict[str, list[str] | None] = {
     "attention only": [r"\.attention\."],
     "FFN only": [r"\.intermediate\.", r"layer\.\d+\.output\."],
 }
-
-
-def layer_widths(model: nn.Module) -> dict[str, list[int]]:
-    """Kept heads and FFN neurons per layer: the shape that decides the speed (bench/ticket_shapes.py rebuilds it)."""
-    layers = model.base_model.encoder.layer  # the BERT-family models of this bench
-    return {
-        "heads": [layer.attention.self.num_attention_heads for layer in layers],
-        "neurons": [layer.intermediate.dense.out_features for layer in layers],
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -76,12 +76,12 @@ def head_distributions(total: int, layers: int, heads_per_layer: int, draws: int
     return out
 
 
-def shrunk(base: torch.nn.Module, heads: list[int], widths: list[int]) -> tuple[torch.nn.Module, int]:
+def shrunk(base: torch.nn.Module, heads: list[int], widths: list[int], seq_len: int) -> tuple[torch.nn.Module, int]:
     config = base.config
     model = copy.deepcopy(base)
     prune_heads(model, {i: list(range(config.num_attention_heads - h)) for i, h in enumerate(heads)})
     prune_neurons(model, {i: list(range(config.intermediate_size - w)) for i, w in enumerate(widths)})
-    flops = _flops(model, 128)
+    flops = _flops(model, seq_len)
     pad_neurons(model, 16)
     return model.eval(), flops
 
@@ -105,14 +105,14 @@ def main(argv: list[str] | None = None) -> None:
         models: dict[str, torch.nn.Module] = {}
         flops: dict[str, int] = {}
         for label, heads in distributions.items():
-            models[label], flops[label] = shrunk(base, heads, widths)
+            models[label], flops[label] = shrunk(base, heads, widths, args.seq_len)
         if args.int8:
             for label in distributions:
                 quantized = copy.deepcopy(models[label])
                 quantize_linears_(quantized, quantizable_linears(quantized, INT8_ALL_BUT_FFN_OUTPUT))
                 models[f"{label}+int8"] = quantized.eval()
         reference = unpruned_reference(models["uniform"])
-        dense_flops = _flops(reference, 128)
+        dense_flops = _flops(reference, args.seq_len)
         models["reference"] = reference
         inputs = _inputs(reference, args.batch_size, args.seq_len, 0)
         for threads in args.threads:

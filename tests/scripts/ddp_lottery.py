@@ -46,7 +46,7 @@ if os.environ.get("RANK", "0") != "0":
 
 torch.set_num_threads(1)  # two processes on the machine's cores: more threads only contend (conftest sets two)
 import rank_utils  # noqa: E402  (tests/scripts/)
-from rank_utils import DDP_RUN, digest, gather, model_for_rank, train_datasets  # noqa: E402
+from rank_utils import DDP_RUN, digest, exit_without_teardown, gather, model_for_rank, train_datasets  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer  # noqa: E402
@@ -246,7 +246,4 @@ if __name__ == "__main__":
         # exception") after every result is written.
         if dist.is_initialized():
             dist.destroy_process_group()
-    # As in fsdp_lottery.py: no interpreter teardown for gloo's threads to abort in once everything is written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown()

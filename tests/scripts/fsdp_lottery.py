@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import accelerate.state
@@ -40,7 +38,16 @@ accelerate.state.AcceleratorState.__init__ = _fsdp_on_cpu
 
 torch.set_num_threads(1)
 import rank_utils  # noqa: E402  (tests/scripts/)
-from rank_utils import DECODER_BLOCKS, FSDP_RUN, digest, fsdp_decoder_run, gather, model_for_rank, train_datasets  # noqa: E402
+from rank_utils import (  # noqa: E402
+    DECODER_BLOCKS,
+    FSDP_RUN,
+    digest,
+    exit_without_teardown,
+    fsdp_decoder_run,
+    gather,
+    model_for_rank,
+    train_datasets,
+)  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
@@ -99,23 +106,12 @@ class Probe(TrainerCallback):
         self.weights.append(digest(self._last_trained))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out")
-    out = Path(parser.parse_args().out)
-    train, dev = train_datasets()
-    args = lottery_args(str(out / "run"))  # initialises the process group (gloo) from torchrun's environment
-    rank = dist.get_rank()
-
-    trainer = LotteryTrainer(model=model_for_rank(rank), args=args, train_dataset=train, eval_dataset=dev)
+def run_and_record(trainer: LotteryTrainer) -> dict:
+    """Train `trainer`'s lottery under a `Probe` and gather what every rank saw."""
     probe = Probe(trainer)
     trainer.add_callback(probe)
     trainer.train()
-    trainer.save_model(str(out / "model"))
-    result_ticket = trainer.ticket
-    result = {
-        "world_size": dist.get_world_size(),
-        "distributed_type": str(trainer.accelerator.distributed_type),
+    return {
         "sharded": gather(probe.sharded),
         "theta0": gather(digest(trainer._rounds.theta0)),
         "round_masks": gather(probe.masks),
@@ -126,41 +122,36 @@ def main() -> None:
         "round_weights": gather(probe.weights),
         "ticket": gather(digest(trainer.ticket.to_dict())),
         "sparsities": [r["sparsity"] for r in trainer.lottery_history],
-        "final_weights": digest(snapshot_weights(trainer.model)),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    out = Path(parser.parse_args().out)
+    train, dev = train_datasets()
+    args = lottery_args(str(out / "run"))  # initialises the process group (gloo) from torchrun's environment
+    rank = dist.get_rank()
+
+    trainer = LotteryTrainer(model=model_for_rank(rank), args=args, train_dataset=train, eval_dataset=dev)
+    result = run_and_record(trainer)
+    trainer.save_model(str(out / "model"))
+    result_ticket = trainer.ticket
+    result["world_size"] = dist.get_world_size()
+    result["distributed_type"] = str(trainer.accelerator.distributed_type)
+    result["final_weights"] = digest(snapshot_weights(trainer.model))
 
     # Learning-rate rewinding: each round starts from the previous round's trained weights, pruned.
     trainer = LotteryTrainer(
         model=model_for_rank(rank), args=lottery_args(str(out / "lr"), rewind="lr"), train_dataset=train
     )
-    probe = Probe(trainer)
-    trainer.add_callback(probe)
-    trainer.train()
-    result["lr"] = {
-        "round_masks": gather(probe.masks),
-        "rewound_exactly": gather(probe.rewound_exactly),
-        "bad_grad_steps": gather(probe.bad_grad_steps),
-        "zero_weights": gather(probe.zero_weights),
-        "sparsities": [r["sparsity"] for r in trainer.lottery_history],
-    }
+    result["lr"] = run_and_record(trainer)
     # The decoders (Llama, Qwen2 with grouped-query attention, GPT-2 with its tied lm_head), each sharded by block.
     for family in DECODER_BLOCKS:
         train, _ = train_datasets(family)
         args = rank_utils.lottery_args(str(out / family), **fsdp_decoder_run(family))
         trainer = LotteryTrainer(model=model_for_rank(rank, family), args=args, train_dataset=train)
-        probe = Probe(trainer)
-        trainer.add_callback(probe)
-        trainer.train()
-        result[family] = {
-            "sharded": gather(probe.sharded),
-            "theta0": gather(digest(trainer._rounds.theta0)),
-            "round_masks": gather(probe.masks),
-            "rewound_exactly": gather(probe.rewound_exactly),
-            "bad_grad_steps": gather(probe.bad_grad_steps),
-            "zero_weights": gather(probe.zero_weights),
-            "ticket": gather(digest(trainer.ticket.to_dict())),
-            "sparsities": [r["sparsity"] for r in trainer.lottery_history],
-        }
+        result[family] = run_and_record(trainer)
         if rank == 0:
             save_tensors(out / f"ticket-{family}.safetensors", trainer.ticket.to_dict())
     if rank == 0:
@@ -172,8 +163,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Every result is written and the process group destroyed; gloo's background threads can still abort a rank
-    # at interpreter teardown ("terminate called without an active exception"), so leave without one.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown()
