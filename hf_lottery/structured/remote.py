@@ -114,6 +114,17 @@ def auto_class_names(model_type: str, extra: tuple[str, ...] = ()) -> dict[str, 
     return result
 
 
+def _library_version() -> str:
+    try:
+        return version("hf-lottery")
+    except PackageNotFoundError:  # a source checkout
+        return "(source)"
+
+
+def _class_assignments(class_names: list[str] | tuple[str, ...]) -> str:
+    return "\n".join(f"{n} = _with_structure(_transformers.{n})" for n in sorted(set(class_names)))
+
+
 def modeling_source(family: str, class_names: list[str] | tuple[str, ...]) -> str:
     """
     The text of the self-contained modeling file defining `class_names` (transformers class names).
@@ -124,19 +135,16 @@ def modeling_source(family: str, class_names: list[str] | tuple[str, ...]) -> st
         class_names (`list[str]`):
             transformers model classes to wrap.
     """
-    try:
-        lib_version = version("hf-lottery")
-    except PackageNotFoundError:  # a source checkout
-        lib_version = "(source)"
-    assignments = "\n".join(f"{n} = _with_structure(_transformers.{n})" for n in sorted(set(class_names)))
     return (
-        _HEADER.format(family=family, version=lib_version)
+        _HEADER.format(family=family, version=_library_version())
         + "\n"
         + _module_body(layouts)
         + "\n\n"
         + _module_body(shrink)
         + _CLASSES.format(
-            assignments=assignments, apply_calls="            apply_config_structure_(self)", what="heads and neurons"
+            assignments=_class_assignments(class_names),
+            apply_calls="            apply_config_structure_(self)",
+            what="heads and neurons",
         )
     )
 
@@ -163,17 +171,12 @@ def conv_modeling_source(family: str, class_names: list[str] | tuple[str, ...]) 
         class_names (`list[str]`):
             transformers model classes to wrap.
     """
-    try:
-        lib_version = version("hf-lottery")
-    except PackageNotFoundError:  # a source checkout
-        lib_version = "(source)"
-    assignments = "\n".join(f"{n} = _with_structure(_transformers.{n})" for n in sorted(set(class_names)))
     calls = "            apply_config_channels_(self)\n            apply_config_stripes_(self)"
     return (
-        _CONV_HEADER.format(family=family, version=lib_version)
+        _CONV_HEADER.format(family=family, version=_library_version())
         + "\n"
         + "\n\n".join(_module_body(module) for module in (conv_layouts, channels, stripes))
-        + _CLASSES.format(assignments=assignments, apply_calls=calls, what="channels and stripes")
+        + _CLASSES.format(assignments=_class_assignments(class_names), apply_calls=calls, what="channels and stripes")
     )
 
 
