@@ -11,6 +11,8 @@ For one task it runs, on all-MiniLM-L6-v2 (the one real BERT installable here; n
 `--repeat METHOD=ROUND` retrains one round of a finished IMP run with the seeds `--repeat-seeds` (same mask, same
 starting weights: θ0 for the rewinding-to-θ0 methods, the previous round's trained weights for the others), so a
 match at that level is claimed over 3 seeds, not one.
+`--hidden-kd METHOD=ROUND` retrains one round of a -kd run with hidden-state distillation added
+(`distill_hidden_weight`, TinyBERT / CoFi layer distillation), seeds `--hidden-seeds`: what it adds to the same ticket.
 The IMP variants share round 0 (the dense run of the first seed). Every finished round is cached under
 `--cache`, so the study can be stopped and run again to continue. A method *matches* the full model at a
 sparsity when its dev metric is at least the dense mean minus one dense standard deviation.
@@ -199,6 +201,8 @@ def study(opts) -> None:
             "repeat",
             "repeat_seeds",
             "without_kd",
+            "hidden_kd",
+            "hidden_seeds",
         )
     }
     results["machine"] = machine()
@@ -251,13 +255,21 @@ def study(opts) -> None:
         repeat_round(method, int(round_text), cache, opts, parts, results, save)
     for spec in opts.without_kd:
         method, round_text = spec.split("=")
-        repeat_round(method, int(round_text), cache, opts, parts, results, save, distill=False)
+        repeat_round(method, int(round_text), cache, opts, parts, results, save, variant="nokd")
+    for spec in opts.hidden_kd:
+        method, round_text = spec.split("=")
+        repeat_round(method, int(round_text), cache, opts, parts, results, save, variant="hidden")
     report(opts)
 
 
-def repeat_round(method, r, cache, opts, parts, results, save, distill: bool = True) -> None:
-    """Retrain round `r` of `method`'s finished IMP run with other seeds: its mask, its starting weights (with
-    `distill=False`: once, seed 0, without distillation — what distillation adds to the same ticket)."""
+def repeat_round(method, r, cache, opts, parts, results, save, variant: str = "repeat") -> None:
+    """Retrain round `r` of `method`'s finished IMP run with other seeds: its mask, its starting weights.
+
+    `variant="repeat"`: the seeds `--repeat-seeds`, trained as the run trained; `"nokd"`: once, seed 0, without
+    distillation (what distillation adds to the same ticket); `"hidden"`: the seeds `--hidden-seeds` with
+    hidden-state distillation added (`--distill-hidden-weight`; what it adds to logit distillation)."""
+    if variant == "hidden" and method not in DISTILLED:
+        raise SystemExit(f"--hidden-kd {method}={r}: hidden-state distillation adds to a -kd method's distillation.")
     from safetensors.torch import load_file
 
     from hf_lottery.training.distillation import frozen_copy
@@ -275,8 +287,14 @@ def repeat_round(method, r, cache, opts, parts, results, save, distill: bool = T
         time.sleep(30)
         results.update({k: v for k, v in _load(cache / "results.json").items() if k not in results})
     ticket = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))
-    for seed in opts.repeat_seeds if distill else [0]:
-        key = f"{method}_round{r}_seed{seed}" if distill else f"{method}_round{r}_nokd"
+    distill = variant != "nokd"
+    seeds = {"repeat": opts.repeat_seeds, "nokd": [0], "hidden": opts.hidden_seeds}[variant]
+    for seed in seeds:
+        key = {
+            "repeat": f"{method}_round{r}_seed{seed}",
+            "nokd": f"{method}_round{r}_nokd",
+            "hidden": f"{method}_round{r}_hidden{seed}",
+        }[variant]
         if key in results:
             continue
         model = parts[2]()
@@ -292,6 +310,8 @@ def repeat_round(method, r, cache, opts, parts, results, save, distill: bool = T
         out = cache / key
         start = time.time()
         overrides = method_overrides(method, opts) if distill else {}
+        if variant == "hidden":
+            overrides["distill_hidden_weight"] = opts.distill_hidden_weight
         overrides.update(rewind="pretrained", target_sparsity=round(ticket.sparsity, 10))
         largs = lottery_args(out, opts, 42 + seed, **overrides)
         hist = run_trainer(out, largs, parts, mask=ticket, model=model, teacher=teacher)
@@ -375,6 +395,12 @@ def collect(cache: Path, metric_names: list[str]) -> dict:
     for key in sorted(k for k in results if k.endswith("_nokd")):
         method, r = key.removesuffix("_nokd").rsplit("_round", 1)
         table["without_kd"][f"{method}={r}"] = _point(_history(cache / key)[-1], metric_names)
+    table["hidden_kd"] = {}
+    for key in sorted(k for k in results if "_hidden" in k):
+        method, rest = key.rsplit("_round", 1)
+        r, seed = rest.split("_hidden")
+        record = _history(cache / key)[-1]
+        table["hidden_kd"].setdefault(f"{method}={r}", {})[seed] = _point(record, metric_names)
     table["seconds"] = {k: v["seconds"] for k, v in results.items() if isinstance(v, dict) and "seconds" in v}
     return table
 
@@ -444,6 +470,30 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
             f"| {label('without_kd', spec, method)} | {100 * own['sparsity']:.0f} % | {100 * own[metric]:.2f} | "
             f"{100 * point[metric]:.2f} |"
         )
+    if table.get("hidden_kd"):
+        lines += [
+            "",
+            f"The same tickets trained with hidden-state distillation added (distill_hidden_weight="
+            f"{(table.get('config') or {}).get('distill_hidden_weight')}; same mask, starting weights and seeds):",
+            "",
+            "| method | sparsity | logits only, mean ± std (seeds) | + hidden states, mean ± std (seeds) | Δ |",
+            "|---|---:|---:|---:|---:|",
+        ]
+    for spec, by_seed in table.get("hidden_kd", {}).items():
+        method, r = spec.split("=")
+        own = [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][int(r) - 1]
+        logits_only = [own[metric]] + [v[metric] for _, v in sorted(table.get("repeats", {}).get(spec, {}).items())]
+        hidden = [by_seed[s][metric] for s in sorted(by_seed)]
+
+        def spread(values: list[float]) -> str:
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f} ({len(values)})"
+
+        delta = statistics.mean(hidden) - statistics.mean(logits_only)
+        lines.append(
+            f"| {label('hidden_kd', spec, method)} | {100 * own['sparsity']:.0f} % | {spread(logits_only)} | "
+            f"{spread(hidden)} | {100 * delta:+.2f} |"
+        )
     if other:
         sources = "; ".join(sorted({str(table.get("machine_of", {}).get(key)) for key in other}))
         lines += [
@@ -474,7 +524,7 @@ def merge(table: dict, earlier: dict, source: str) -> None:
         else:
             table["dense"][key] = value
             machine_of[f"dense/{key}"] = origin(f"dense/{key}")
-    for section in ("methods", "repeats", "without_kd"):
+    for section in ("methods", "repeats", "without_kd", "hidden_kd"):
         for key, value in earlier.get(section, {}).items():
             if key not in table.get(section, {}):
                 table.setdefault(section, {})[key] = value
@@ -573,6 +623,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--without-kd", nargs="*", default=[], metavar="METHOD=ROUND", help="retrain these rounds without distillation"
+    )
+    parser.add_argument(
+        "--hidden-kd",
+        nargs="*",
+        default=[],
+        metavar="METHOD=ROUND",
+        help="retrain these rounds of a -kd method with hidden-state distillation added, seeds --hidden-seeds",
+    )
+    parser.add_argument("--hidden-seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds of --hidden-kd")
+    parser.add_argument(
+        "--distill-hidden-weight", type=float, default=1.0, help="distill_hidden_weight of --hidden-kd"
     )
     parser.add_argument(
         "--repeat-seeds", nargs="*", type=int, default=[1, 2], help="seeds (offsets from 42) of --repeat"

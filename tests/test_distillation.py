@@ -11,7 +11,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer, prune
 from hf_lottery.testing_utils import tiny_model, toy_dataset
-from hf_lottery.training.distillation import Distiller, distillation_loss_per_item, frozen_copy
+from hf_lottery.training.distillation import (
+    Distiller,
+    distillation_loss_per_item,
+    frozen_copy,
+    hidden_state_loss,
+    task_loss_per_item,
+)
 from hf_lottery.training.run_state import RunState, snapshot_weights
 
 
@@ -112,6 +118,10 @@ def test_arguments_are_checked(tmp_path):
         _args(tmp_path, distill_temperature=0.0)
     with pytest.raises(ValueError, match="distill_alpha=0"):
         _args(tmp_path, distill_alpha=0.0, distill_teacher="some/model")
+    with pytest.raises(ValueError, match="distill_hidden_weight"):
+        _args(tmp_path, distill_hidden_weight=-1.0)
+    with pytest.raises(ValueError, match="distill_alpha=0"):
+        _args(tmp_path, distill_alpha=0.0, distill_hidden_weight=1.0)
     assert not _args(tmp_path, distill_alpha=0.0).distills
 
 
@@ -142,7 +152,8 @@ def test_round0_teacher_is_saved_once_frozen_and_changes_later_rounds_only(tmp_p
     assert trainer.ticket.sparsity == pytest.approx(0.2, abs=1e-3)
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("hidden_weight", [0.0, 1.0])
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, hidden_weight):
     class _Kill(TrainerCallback):
         def __init__(self):
             self.trainer = None
@@ -151,7 +162,13 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
             if self.trainer.lottery_round == 1 and state.global_step == 3:
                 raise KeyboardInterrupt  # mid round 1, after the checkpoint of step 2
 
-    overrides = dict(save_strategy="steps", save_steps=2, num_train_epochs=2, target_sparsity=0.2)
+    overrides = dict(
+        save_strategy="steps",
+        save_steps=2,
+        num_train_epochs=2,
+        target_sparsity=0.2,
+        distill_hidden_weight=hidden_weight,
+    )
     reference, _ = _run(tmp_path / "ref", **overrides)
     killer = _Kill()
     first = LotteryTrainer(
@@ -256,3 +273,72 @@ def test_frozen_copy_leaves_the_student_alone():
     assert student.training and all(p.requires_grad for p in student.parameters())
     assert not teacher.training
     assert isinstance(toy_dataset(4), Dataset)
+
+
+# -- hidden-state distillation --------------------------------------------------------------------------------
+def test_hidden_state_loss_is_the_mean_over_layers_of_the_unpadded_tokens_squared_error():
+    g = torch.Generator().manual_seed(0)
+    student = tuple(torch.randn(2, 3, 4, generator=g) for _ in range(3))  # embeddings, layer 1, layer 2
+    teacher = tuple(torch.randn(2, 3, 4, generator=g) for _ in range(3))
+    attention = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    expected = 0.0
+    for layer in (1, 2):  # the embedding output is not compared
+        errors = [(student[layer][b, t] - teacher[layer][b, t]).pow(2).mean() for b in range(2) for t in range(3)]
+        kept = [e for e, a in zip(errors, attention.flatten().tolist(), strict=True) if a]
+        expected += sum(kept) / len(kept) / 2
+    torch.testing.assert_close(hidden_state_loss(student, teacher, attention), torch.tensor(float(expected)))
+    assert float(hidden_state_loss(student, student, attention)) == 0.0
+    with pytest.raises(ValueError, match="same depth"):
+        hidden_state_loss(student, teacher[:2])
+    with pytest.raises(ValueError, match="hidden size"):
+        hidden_state_loss(student, tuple(t[..., :2] for t in teacher))
+
+
+def test_hidden_state_term_is_the_same_through_compute_loss_and_compute_loss_func():
+    student, teacher = tiny_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), tiny_model(seed=1)
+    distiller = Distiller(teacher, alpha=0.5, temperature=2.0, regression=False, hidden_weight=2.0)
+    batch = toy_dataset(4)[:]
+    inputs = {k: torch.tensor(v) for k, v in batch.items()}
+    student.train()
+    # By hand: (1 - alpha) task + alpha KD + beta hidden, from two plain forward passes.
+    out = student(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_hidden_states=True)
+    t_out = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_hidden_states=True)
+    task = task_loss_per_item(out.logits, inputs["labels"], student.config)[0].mean()
+    kd = distillation_loss_per_item(out.logits, t_out.logits, 2.0, regression=False).mean()
+    hidden = hidden_state_loss(out.hidden_states, t_out.hidden_states, inputs["attention_mask"])
+    expected = 0.5 * task + 0.5 * kd + 2.0 * hidden
+    assert float(hidden.detach()) > 0
+    # The LotteryTrainer path: the teacher's outputs, then the mixed loss.
+    teacher_logits, teacher_hidden = distiller.teacher_outputs(inputs)
+    mixed = distiller.mixed_loss(
+        task, out.logits, teacher_logits, inputs, student_hidden=out.hidden_states, teacher_hidden=teacher_hidden
+    )
+    torch.testing.assert_close(mixed, expected)
+    # The plain-Trainer path: the pre-hook asks the student for its hidden states and runs the teacher.
+    distiller.attach(student)
+    outputs = student(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert outputs.hidden_states is not None
+    torch.testing.assert_close(distiller.compute_loss_func(outputs, inputs["labels"]), expected)
+    distiller.detach()
+
+
+def test_trainer_distills_hidden_states_from_the_round0_teacher(tmp_path):
+    logits_only, _ = _run(tmp_path / "logits")
+    trainer, _ = _run(tmp_path / "hidden", distill_hidden_weight=1.0)
+    assert trainer._distiller.uses_hidden_states
+    assert _losses(trainer)[0] == _losses(logits_only)[0]  # round 0 trains the teacher, without distillation
+    assert all(a != b for a, b in zip(_losses(trainer)[1:], _losses(logits_only)[1:], strict=True))
+    assert RunState(tmp_path / "hidden").load_mask(1) == RunState(tmp_path / "logits").load_mask(1)
+
+
+def test_callback_distills_hidden_states(tmp_path):
+    ticket = prune(tiny_model(), 0.5)
+    losses = {}
+    for weight in (0.0, 1.0):
+        callback = LotteryCallback(
+            _args(tmp_path / str(weight), distill_hidden_weight=weight), mask=ticket, teacher=tiny_model(seed=11)
+        )
+        trainer = _plain_trainer(tmp_path / str(weight), callback, compute_loss_func=callback.compute_loss_func)
+        losses[weight] = trainer.train().training_loss
+        assert callback._distiller.calls == trainer.state.global_step == 2
+    assert losses[1.0] > losses[0.0]  # the same steps plus a positive term

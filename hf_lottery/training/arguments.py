@@ -228,6 +228,14 @@ class LotteryArguments(TrainingArguments):
             "Regression heads (num_labels=1) use the mean squared error of the outputs instead."
         },
     )
+    distill_hidden_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a hidden-state distillation term added to the loss (TinyBERT / CoFi layer "
+            "distillation): the mean squared error between the student's and the teacher's hidden states, layer by "
+            "layer over the non-padding tokens, averaged over the layers. Needs distill_alpha > 0; 0 leaves it out."
+        },
+    )
     distill_teacher: str | None = field(
         default=None,
         metadata={
@@ -367,6 +375,15 @@ class LotteryArguments(TrainingArguments):
             raise ValueError(f"distill_alpha must be in [0, 1] (0 disables distillation), got {self.distill_alpha}.")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}.")
+        if self.distill_hidden_weight < 0:
+            raise ValueError(
+                f"distill_hidden_weight must be >= 0 (0 leaves it out), got {self.distill_hidden_weight}."
+            )
+        if self.distill_hidden_weight > 0 and self.distill_alpha == 0.0:
+            raise ValueError(
+                f"distill_hidden_weight={self.distill_hidden_weight} adds to the distillation loss, which "
+                "distill_alpha=0 turns off; set distill_alpha (e.g. 0.5) or distill_hidden_weight=0."
+            )
         if self.distill_teacher is not None and self.distill_alpha == 0.0:
             raise ValueError(
                 f"distill_teacher={self.distill_teacher!r} is set but distill_alpha=0 turns distillation off; set "

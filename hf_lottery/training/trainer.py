@@ -21,7 +21,7 @@ from ..utils.parameters import is_peft_model, named_parameters
 from .arguments import LotteryArguments
 from .causal_lm import is_causal_lm, with_perplexity
 from .checks import as_initial_mask, check_datasets, check_resumed_schedule
-from .distillation import Distiller, frozen_copy, load_teacher, logits_of
+from .distillation import Distiller, frozen_copy, hidden_states_of, load_teacher, logits_of
 from .distributed import broadcast_weights_, check_distributed_setup
 from .enforcement import MaskEnforcerCallback
 from .resume import TrainLossCarry, last_complete_checkpoint
@@ -203,12 +203,19 @@ class LotteryTrainer(Trainer):
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch, **kwargs
             )
-        teacher_logits = distiller.teacher_logits(inputs)  # before the Trainer pops the labels
+        teacher_logits, teacher_hidden = distiller.teacher_outputs(inputs)  # before the Trainer pops the labels
+        student_inputs = {**inputs, "output_hidden_states": True} if distiller.uses_hidden_states else inputs
         loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs
+            model, student_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs
         )
         loss = distiller.mixed_loss(
-            loss, logits_of(outputs), teacher_logits, inputs, scale=self._task_loss_scale(num_items_in_batch)
+            loss,
+            logits_of(outputs),
+            teacher_logits,
+            inputs,
+            scale=self._task_loss_scale(num_items_in_batch),
+            student_hidden=hidden_states_of(outputs) if distiller.uses_hidden_states else None,
+            teacher_hidden=teacher_hidden,
         )
         return (loss, outputs) if return_outputs else loss
 
