@@ -4,6 +4,8 @@ The same 50 %-sparse MiniLM-L6-shaped ticket is trained by LotteryTrainer on the
 blocks in one process:
   plain    - distill_alpha=0
   distill  - distill_alpha=0.5, the dense model as teacher (one extra forward pass per step, no backward)
+  hidden   - as distill, plus hidden-state distillation (distill_hidden_weight=1: both models return every layer's
+             hidden states, and their squared error is part of the backward pass)
 Step time = wall time between on_step_begin and on_step_end (teacher forward, student forward and backward,
 clipping, AdamW, mask enforcement). The report gives the median per variant and their ratio.
 
@@ -11,7 +13,7 @@ Resumable: each finished block is appended to `--out` (JSON lines) with the load
 skips the blocks already there. Timings are only meaningful on an otherwise idle machine: see the recorded load.
 
     python bench/distillation_overhead.py --steps 20 --blocks 4 --seq-len 64 --batch-size 32
-    python bench/distillation_overhead.py --tiny --steps 3 --blocks 1 --out /tmp/kd_smoke.jsonl   # smoke run
+    python bench/distillation_overhead.py --tiny --seq-len 16 --steps 3 --blocks 1 --out /tmp/kd_smoke.jsonl  # smoke
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from transformers import TrainerCallback
 from hf_lottery import LotteryArguments, LotteryTrainer, prune
 from hf_lottery.testing_utils import tiny_model
 
-VARIANTS = ("plain", "distill")
+VARIANTS = ("plain", "distill", "hidden")
 
 
 class StepTimer(TrainerCallback):
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of each block")
     parser.add_argument("--tiny", action="store_true", help="the 2-layer test model (smoke run of the script)")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", type=Path, default=Path("bench/distillation_overhead.jsonl"))
     opts = parser.parse_args()
 
@@ -114,7 +117,7 @@ def main() -> None:
     print(f"{model_name}; {setting['machine']}; {len(rows)} blocks already in {opts.out}")
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     for block in range(opts.blocks):
-        for variant in VARIANTS:
+        for variant in opts.variants:
             if any(r["block"] == block and r["variant"] == variant for r in rows):
                 continue
             student.load_state_dict(state)
@@ -125,7 +128,8 @@ def main() -> None:
                     per_device_train_batch_size=opts.batch_size,
                     learning_rate=1e-4,
                     target_sparsity=0.5,
-                    distill_alpha=0.5 if variant == "distill" else 0.0,
+                    distill_alpha=0.0 if variant == "plain" else 0.5,
+                    distill_hidden_weight=1.0 if variant == "hidden" else 0.0,
                     save_strategy="no",
                     report_to="none",
                     disable_tqdm=True,
@@ -138,7 +142,7 @@ def main() -> None:
                     args=args,
                     train_dataset=data,
                     mask=mask,
-                    teacher=teacher if variant == "distill" else None,
+                    teacher=None if variant == "plain" else teacher,
                     callbacks=[timer],
                 )
                 load_before = load_average()
@@ -159,11 +163,15 @@ def main() -> None:
             rows.append(row)
             print(f"block {block} {variant}: median step {row['median_step_s']:.4f} s, load {row['loadavg_after']}")
 
-    medians = {v: statistics.median(r["median_step_s"] for r in rows if r["variant"] == v) for v in VARIANTS}
+    medians = {
+        v: statistics.median(r["median_step_s"] for r in rows if r["variant"] == v)
+        for v in VARIANTS
+        if any(r["variant"] == v for r in rows)
+    }
     loads = [r["loadavg_after"][0] for r in rows if r["loadavg_after"]]
+    ratios = ", ".join(f"{v} {t:.4f} s ({t / medians['plain']:.2f}x)" for v, t in medians.items() if v != "plain")
     print(
-        f"step time: plain {medians['plain']:.4f} s, distill {medians['distill']:.4f} s, ratio "
-        f"{medians['distill'] / medians['plain']:.2f}x (median of {len(rows) // 2} blocks each; 1-min load average "
+        f"step time: plain {medians['plain']:.4f} s, {ratios} (median of the blocks of each; 1-min load average "
         f"{min(loads, default=float('nan')):.2f}-{max(loads, default=float('nan')):.2f} on {os.cpu_count()} cores)"
     )
 
