@@ -217,11 +217,11 @@ def main() -> None:
     result["fixed_optimizer_steps"] = gather(fixed_probe.steps)
     result["fixed_weights"] = gather(digest(dict(model.named_parameters())))
 
-    # 4. Distillation from the round-0 dense model: every rank holds the same teacher and the same rounds.
+    # 4. Distillation (logits and hidden states) from the round-0 dense model: every rank holds the same teacher
+    # and the same rounds.
     model = model_for_rank(rank)
-    trainer = LotteryTrainer(
-        model=model, args=lottery_args(str(out / "distilled"), distill_alpha=0.5), train_dataset=train
-    )
+    kd_args = lottery_args(str(out / "distilled"), distill_alpha=0.5, distill_hidden_weight=1.0)
+    trainer = LotteryTrainer(model=model, args=kd_args, train_dataset=train)
     kd_probe = Probe(lambda: trainer.current_mask, model)
     trainer.add_callback(kd_probe)
     trainer.train()
