@@ -405,6 +405,11 @@ def collect(cache: Path, metric_names: list[str]) -> dict:
     return table
 
 
+def _imp_round(table: dict, method: str, r: int) -> dict:
+    """Round `r` (1 = the first pruned round) of `method`'s IMP chain in a collected table."""
+    return [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][r - 1]
+
+
 def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
     """The per-round table of one metric and, per method, the highest sparsity that matches the full model."""
     dense = [v[metric] for v in table["dense"].values()]
@@ -445,7 +450,7 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         ]
     for spec, by_seed in table.get("repeats", {}).items():
         method, r = spec.split("=")
-        own = [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][int(r) - 1]
+        own = _imp_round(table, method, int(r))
         values = [own[metric]] + [by_seed[s][metric] for s in sorted(by_seed)]
         m, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
         repeated[spec] = {"values": values, "mean": m, "std": sd, "matches": m >= mean - std}
@@ -465,7 +470,7 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         ]
     for spec, point in table.get("without_kd", {}).items():
         method, r = spec.split("=")
-        own = [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][int(r) - 1]
+        own = _imp_round(table, method, int(r))
         lines.append(
             f"| {label('without_kd', spec, method)} | {100 * own['sparsity']:.0f} % | {100 * own[metric]:.2f} | "
             f"{100 * point[metric]:.2f} |"
@@ -481,7 +486,7 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         ]
     for spec, by_seed in table.get("hidden_kd", {}).items():
         method, r = spec.split("=")
-        own = [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][int(r) - 1]
+        own = _imp_round(table, method, int(r))
         logits_only = [own[metric]] + [v[metric] for _, v in sorted(table.get("repeats", {}).get(spec, {}).items())]
         hidden = [by_seed[s][metric] for s in sorted(by_seed)]
 
