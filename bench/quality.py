@@ -13,6 +13,10 @@ starting weights: θ0 for the rewinding-to-θ0 methods, the previous round's tra
 match at that level is claimed over 3 seeds, not one.
 `--hidden-kd METHOD=ROUND` retrains one round of a -kd run with hidden-state distillation added
 (`distill_hidden_weight`, TinyBERT / CoFi layer distillation), seeds `--hidden-seeds`: what it adds to the same ticket.
+`--level METHOD=ROUND:PERCENT` prunes round ROUND's trained weights of a finished IMP run to PERCENT % (global
+magnitude under the run's own settings, nested in that round's mask, as the run's next round would) and trains that
+ticket as the method trains, seeds `--level-seeds`: a level between the chain's (50 % from the 40 % round of a 20 %
+chain) or past its target, without rerunning the chain.
 The IMP variants share round 0 (the dense run of the first seed). Every finished round is cached under
 `--cache`, so the study can be stopped and run again to continue. A method *matches* the full model at a
 sparsity when its dev metric is at least the dense mean minus one dense standard deviation.
@@ -203,6 +207,8 @@ def study(opts) -> None:
             "without_kd",
             "hidden_kd",
             "hidden_seeds",
+            "level",
+            "level_seeds",
         )
     }
     results["machine"] = machine()
@@ -259,7 +265,66 @@ def study(opts) -> None:
     for spec in opts.hidden_kd:
         method, round_text = spec.split("=")
         repeat_round(method, int(round_text), cache, opts, parts, results, save, variant="hidden")
+    for spec in opts.level:
+        method, rest = spec.split("=")
+        round_text, percent = rest.split(":")
+        train_level(method, int(round_text), int(percent), cache, opts, parts, results, save)
     report(opts)
+
+
+def _trained_weights(run: Path, r: int) -> Path:
+    """Round `r`'s trained weights of an IMP run: kept aside, or still in the run state (its last round)."""
+    name = f"trained_round_{r}.safetensors"
+    kept = run / KEPT_WEIGHTS_DIR / name
+    return kept if kept.exists() else run / LOTTERY_STATE_DIR / name
+
+
+def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
+    """Prune round `r`'s trained weights of `method`'s finished IMP run to `percent` % and train that ticket with
+    the seeds `--level-seeds`, starting as the run's next round would (θ0, or round `r`'s trained weights)."""
+    from safetensors.torch import load_file
+
+    from hf_lottery.pruning.prune import prune_with_arguments
+    from hf_lottery.training.distillation import frozen_copy
+    from hf_lottery.training.run_state import load_weights_
+
+    metric = f"eval_{parts[0].main_metric}"
+    run = cache / method
+    trained = _trained_weights(run, r)
+    if not trained.exists():
+        raise SystemExit(f"--level {method}={r}:{percent}: {trained} is missing; run the IMP chain to round {r}.")
+    chain_mask = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))
+    if percent / 100 <= chain_mask.sparsity + 1e-6:
+        raise SystemExit(
+            f"--level {method}={r}:{percent}: round {r} is already {100 * chain_mask.sparsity:.1f} % sparse."
+        )
+    scorer = parts[2]()
+    load_weights_(scorer, load_file(str(trained)))
+    settings = lottery_args(cache / "x", opts, 42, **method_overrides(method, opts))
+    ticket = prune_with_arguments(scorer, settings, percent / 100, chain_mask, r + 1)
+    del scorer
+    for seed in opts.level_seeds:
+        key = f"{method}_from{r}_at{percent}_seed{seed}"
+        if key in results:
+            continue
+        model = parts[2]()
+        if REWIND[method] == "pretrained":
+            load_weights_(model, load_file(str(run / LOTTERY_STATE_DIR / "theta0.safetensors")))
+        else:
+            load_weights_(model, load_file(str(trained)))
+        teacher = None
+        if method in DISTILLED:
+            teacher = frozen_copy(parts[2](), load_file(str(run / LOTTERY_STATE_DIR / TEACHER_NAME)))
+        out = cache / key
+        start = time.time()
+        overrides = method_overrides(method, opts)
+        overrides.update(rewind="pretrained", target_sparsity=round(ticket.sparsity, 10))
+        hist = run_trainer(
+            out, lottery_args(out, opts, 42 + seed, **overrides), parts, mask=ticket, model=model, teacher=teacher
+        )
+        results[key] = {"sparsity": hist[-1]["sparsity"], "metric": hist[-1]["metrics"][metric]}
+        results[key]["seconds"] = time.time() - start
+        save()
 
 
 def repeat_round(method, r, cache, opts, parts, results, save, variant: str = "repeat") -> None:
@@ -401,6 +466,13 @@ def collect(cache: Path, metric_names: list[str]) -> dict:
         r, seed = rest.split("_hidden")
         record = _history(cache / key)[-1]
         table["hidden_kd"].setdefault(f"{method}={r}", {})[seed] = _point(record, metric_names)
+    table["levels"] = {}
+    for key in sorted(k for k in results if "_from" in k and "_at" in k and "_seed" in k):
+        method, rest = key.rsplit("_from", 1)
+        r, rest = rest.split("_at")
+        percent, seed = rest.split("_seed")
+        record = _history(cache / key)[-1]
+        table["levels"].setdefault(f"{method}={r}:{percent}", {})[seed] = _point(record, metric_names)
     table["seconds"] = {k: v["seconds"] for k, v in results.items() if isinstance(v, dict) and "seconds" in v}
     return table
 
@@ -499,6 +571,29 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
             f"| {label('hidden_kd', spec, method)} | {100 * own['sparsity']:.0f} % | {spread(logits_only)} | "
             f"{spread(hidden)} | {100 * delta:+.2f} |"
         )
+    if table.get("levels"):
+        lines += [
+            "",
+            "Levels off the chain (round R's trained weights pruned further, nested in its mask, and trained as the "
+            "method trains; every seed trained here):",
+            "",
+            "| method | pruned from | sparsity | seed 0 | seed 1 | seed 2 | mean ± std | matches (mean ≥ threshold) |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+    for spec, by_seed in table.get("levels", {}).items():
+        method, rest = spec.split("=")
+        r = int(rest.split(":")[0])
+        values = [by_seed[s][metric] for s in sorted(by_seed)]
+        m, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        repeated[spec] = {"values": values, "mean": m, "std": sd, "matches": m >= mean - std}
+        cells = [f"{100 * by_seed[s][metric]:.2f}" if s in by_seed else "" for s in ("0", "1", "2")]
+        sparsity = statistics.mean(by_seed[s]["sparsity"] for s in by_seed)
+        source = _imp_round(table, method, r)["sparsity"] if r else 0.0
+        lines.append(
+            f"| {label('levels', spec, method)} | {100 * source:.0f} % | {100 * sparsity:.0f} % | "
+            + " | ".join(cells[:3])
+            + f" | {100 * m:.2f} ± {100 * sd:.2f} | {'yes' if m >= mean - std else 'no'} |"
+        )
     if other:
         sources = "; ".join(sorted({str(table.get("machine_of", {}).get(key)) for key in other}))
         lines += [
@@ -529,7 +624,7 @@ def merge(table: dict, earlier: dict, source: str) -> None:
         else:
             table["dense"][key] = value
             machine_of[f"dense/{key}"] = origin(f"dense/{key}")
-    for section in ("methods", "repeats", "without_kd", "hidden_kd"):
+    for section in ("methods", "repeats", "without_kd", "hidden_kd", "levels"):
         for key, value in earlier.get(section, {}).items():
             if key not in table.get(section, {}):
                 table.setdefault(section, {})[key] = value
@@ -640,6 +735,14 @@ def main() -> None:
     parser.add_argument(
         "--distill-hidden-weight", type=float, default=1.0, help="distill_hidden_weight of --hidden-kd"
     )
+    parser.add_argument(
+        "--level",
+        nargs="*",
+        default=[],
+        metavar="METHOD=ROUND:PERCENT",
+        help="prune round ROUND's trained weights to PERCENT %% and train that ticket, seeds --level-seeds",
+    )
+    parser.add_argument("--level-seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds of --level")
     parser.add_argument(
         "--repeat-seeds", nargs="*", type=int, default=[1, 2], help="seeds (offsets from 42) of --repeat"
     )
