@@ -482,6 +482,13 @@ def _imp_round(table: dict, method: str, r: int) -> dict:
     return [p for p in table["methods"].get(method, []) if p["sparsity"] > 0][r - 1]
 
 
+def _over_seeds(values: list[float], threshold: float) -> dict:
+    """Mean, sample std and whether the mean matches, of one ticket's runs over seeds."""
+    m = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"values": values, "mean": m, "std": sd, "matches": m >= threshold}
+
+
 def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
     """The per-round table of one metric and, per method, the highest sparsity that matches the full model."""
     dense = [v[metric] for v in table["dense"].values()]
@@ -524,8 +531,8 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
         method, r = spec.split("=")
         own = _imp_round(table, method, int(r))
         values = [own[metric]] + [by_seed[s][metric] for s in sorted(by_seed)]
-        m, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-        repeated[spec] = {"values": values, "mean": m, "std": sd, "matches": m >= mean - std}
+        repeated[spec] = _over_seeds(values, mean - std)
+        m, sd = repeated[spec]["mean"], repeated[spec]["std"]
         cells = [f"{100 * v:.2f}" for v in values] + [""] * (3 - len(values))
         lines.append(
             f"| {label('repeats', spec, method)} | {100 * own['sparsity']:.0f} % | "
@@ -583,9 +590,8 @@ def markdown(task: str, table: dict, metric: str) -> tuple[str, dict]:
     for spec, by_seed in table.get("levels", {}).items():
         method, rest = spec.split("=")
         r = int(rest.split(":")[0])
-        values = [by_seed[s][metric] for s in sorted(by_seed)]
-        m, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-        repeated[spec] = {"values": values, "mean": m, "std": sd, "matches": m >= mean - std}
+        repeated[spec] = _over_seeds([by_seed[s][metric] for s in sorted(by_seed)], mean - std)
+        m, sd = repeated[spec]["mean"], repeated[spec]["std"]
         cells = [f"{100 * by_seed[s][metric]:.2f}" if s in by_seed else "" for s in ("0", "1", "2")]
         sparsity = statistics.mean(by_seed[s]["sparsity"] for s in by_seed)
         source = _imp_round(table, method, r)["sparsity"] if r else 0.0
