@@ -394,11 +394,14 @@ def retrain_from_theta0(method, source, cache, opts, parts, results, schedule, w
     state_dir = cache / source / LOTTERY_STATE_DIR
     rounds = results.setdefault(method, {"rounds": [], "seconds": 0.0})
     for r in opts.rounds or range(1, len(schedule)):
-        if any(abs(x["sparsity"] - schedule[r]) < 1e-3 for x in rounds["rounds"]):
+        out = cache / f"{method}_round{r}"
+        # Two processes may split the rounds (`--rounds`) over one cache: a round's own history says it is done.
+        if ((out / "lottery_history.json").is_file() and "metrics" in _history(out)[-1]) or any(
+            abs(x["sparsity"] - schedule[r]) < 1e-3 for x in rounds["rounds"]
+        ):
             continue
         ticket = TicketMask(load_file(str(state_dir / f"mask_round_{r}.safetensors")))
         mask = random_pruning_like(ticket, parts[2](), seed=r) if method == "random" else ticket
-        out = cache / f"{method}_round{r}"
         start = time.time()
         largs = lottery_args(out, opts, 42, target_sparsity=round(mask.sparsity, 10))
         hist = run_trainer(out, largs, parts, mask=mask)
@@ -685,6 +688,13 @@ def plot() -> None:
                 rounds = [r for r in rounds if r["sparsity"] > 0]
                 style.update(marker="s", linestyle=":")
             ax.plot([100 * r["sparsity"] for r in rounds], [100 * r[metric] for r in rounds], **style)
+            for spec, by_seed in table.get("levels", {}).items():  # off the chain: mean ± std over its seeds
+                if spec.split("=")[0] != method:
+                    continue
+                values = [point[metric] for point in by_seed.values()]
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                x = 100 * statistics.mean(point["sparsity"] for point in by_seed.values())
+                ax.errorbar(x, 100 * statistics.mean(values), yerr=100 * sd, color=color, marker="D", capsize=3)
         low, high = summary["mean"] - summary["std"], summary["mean"] + summary["std"]
         ax.axhspan(100 * low, 100 * high, color="grey", alpha=0.25, label="dense mean ± 1 std")
         config = table["config"] or {}
@@ -694,6 +704,8 @@ def plot() -> None:
         ax.set_ylabel(f"dev {metric} (%)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower left")
+    if any(table.get("levels") for _, _, table in panels):
+        fig.text(0.01, 0.01, "◆ levels off a chain: mean ± std over their seeds", fontsize=7)
     fig.suptitle("IMP tickets of all-MiniLM-L6-v2 (not BERT-base), GLUE dev", fontsize=10)
     fig.tight_layout()
     fig.savefig(Path(__file__).with_name("quality.png"))
