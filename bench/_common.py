@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 
 import torch
+import transformers
 
 # The speed tickets' int8 recipe: every Linear int8 but the FFN output projections (bench/RESULTS.md, "int8 recipes").
 INT8_ALL_BUT_FFN_OUTPUT = [r"\.attention\.", r"\.intermediate\.", r"^(bert\.pooler|classifier)"]
@@ -35,14 +37,27 @@ def machine() -> str:
     capability = torch.backends.cpu.get_cpu_capability()
     return (
         f"{model} {capability}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"Python {platform.python_version()}"
+        f"transformers {transformers.__version__}, Python {platform.python_version()}"
     )
 
 
+def _recorded_version(text: str, package: str) -> str | None:
+    found = re.search(rf"\b{package} ([^\s,]+)", text)
+    return found.group(1) if found else None
+
+
 def same_machine(a: str | None, b: str | None) -> bool:
-    """Whether two `machine()` strings name the same CPU and kernels (thread counts and versions aside). Strings
-    without the CPU family (recorded before it was) cannot tell two generations apart: not the same."""
-    return bool(a and b) and "(family" in str(a) and a.split(",")[0] == str(b).split(",")[0]
+    """Whether two `machine()` strings name the same CPU and kernels and, where both record them, the same torch and
+    transformers (a seeded run changes with either: transformers 5.25 trains another network than 5.24 from the same
+    seed). Thread counts aside. Strings without the CPU family (recorded before it was) cannot tell two generations
+    apart: not the same. Strings without a transformers version were recorded before it was, all under 5.24.0."""
+    if not (a and b) or "(family" not in a or a.split(",")[0] != b.split(",")[0]:
+        return False
+    return all(
+        _recorded_version(a, package) == _recorded_version(b, package)
+        for package in ("torch", "transformers")
+        if _recorded_version(a, package) and _recorded_version(b, package)
+    )
 
 
 def minilm_classifier(num_labels: int = 2):
