@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 from _common import machine, same_machine
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_pruning_like
 from hf_lottery.constants import LOTTERY_STATE_DIR, LOTTERY_STATE_NAME, TEACHER_NAME
@@ -141,8 +141,11 @@ def run_trainer(
 ) -> list[dict]:
     task, data, model_init, collator, metrics = parts
     resume = (out / LOTTERY_STATE_DIR / LOTTERY_STATE_NAME).is_file()
+    if model is None:
+        set_seed(largs.seed)  # before the model: its new classification head comes from the global RNG
+        model = model_init()
     trainer = LotteryTrainer(
-        model=model if model is not None else model_init(),
+        model=model,
         args=largs,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
