@@ -24,7 +24,7 @@ def layer_widths(model) -> dict[str, list[int]]:
 
 def machine() -> str:
     """CPU model (with its family / model numbers: clouds sell several generations under one name), the kernels
-    torch picked for it, threads and versions. Runs of one seed are bit-identical only on one such machine."""
+    torch picked for it, threads and versions: what a seeded run's bit-for-bit result may depend on."""
     fields: dict[str, str] = {}
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -48,9 +48,9 @@ def _recorded_version(text: str, package: str) -> str | None:
 
 def same_machine(a: str | None, b: str | None) -> bool:
     """Whether two `machine()` strings name the same CPU and kernels and, where both record them, the same torch and
-    transformers (a seeded run changes with either: transformers 5.25 trains another network than 5.24 from the same
-    seed). Thread counts aside. Strings without the CPU family (recorded before it was) cannot tell two generations
-    apart: not the same. Strings without a transformers version were recorded before it was, all under 5.24.0."""
+    transformers (either may change a seeded run's floating-point sums). Thread counts aside. Strings without the CPU
+    family (recorded before it was) cannot tell two generations apart: not the same. Strings without a transformers
+    version were recorded before it was, all under 5.24.0."""
     if not (a and b) or "(family" not in a or a.split(",")[0] != b.split(",")[0]:
         return False
     return all(
