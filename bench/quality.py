@@ -130,6 +130,12 @@ class KeepTrainedRounds(TrainerCallback):
                     shutil.copyfile(path, tmp)
 
 
+def seeded_model(model_init, seed: int):
+    """`model_init()` after seeding: the classification head the checkpoint lacks comes from the global RNG."""
+    set_seed(seed)
+    return model_init()
+
+
 def run_trainer(
     out: Path,
     largs: LotteryArguments,
@@ -141,11 +147,8 @@ def run_trainer(
 ) -> list[dict]:
     task, data, model_init, collator, metrics = parts
     resume = (out / LOTTERY_STATE_DIR / LOTTERY_STATE_NAME).is_file()
-    if model is None:
-        set_seed(largs.seed)  # before the model: its new classification head comes from the global RNG
-        model = model_init()
     trainer = LotteryTrainer(
-        model=model,
+        model=model if model is not None else seeded_model(model_init, largs.seed),
         args=largs,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
@@ -398,10 +401,8 @@ def retrain_from_theta0(method, source, cache, opts, parts, results, schedule, w
     rounds = results.setdefault(method, {"rounds": [], "seconds": 0.0})
     for r in opts.rounds or range(1, len(schedule)):
         out = cache / f"{method}_round{r}"
-        # Two processes may split the rounds (`--rounds`) over one cache: a round's own history says it is done.
-        if ((out / "lottery_history.json").is_file() and "metrics" in _history(out)[-1]) or any(
-            abs(x["sparsity"] - schedule[r]) < 1e-3 for x in rounds["rounds"]
-        ):
+        # A round's own history says it is done, so two processes may split the rounds (`--rounds`) over one cache.
+        if (out / "lottery_history.json").is_file() and "metrics" in _history(out)[-1]:
             continue
         ticket = TicketMask(load_file(str(state_dir / f"mask_round_{r}.safetensors")))
         mask = random_pruning_like(ticket, parts[2](), seed=r) if method == "random" else ticket
@@ -694,10 +695,9 @@ def plot() -> None:
             for spec, by_seed in table.get("levels", {}).items():  # off the chain: mean ± std over its seeds
                 if spec.split("=")[0] != method:
                     continue
-                values = [point[metric] for point in by_seed.values()]
-                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                level = _over_seeds([point[metric] for point in by_seed.values()], threshold=0.0)
                 x = 100 * statistics.mean(point["sparsity"] for point in by_seed.values())
-                ax.errorbar(x, 100 * statistics.mean(values), yerr=100 * sd, color=color, marker="D", capsize=3)
+                ax.errorbar(x, 100 * level["mean"], yerr=100 * level["std"], color=color, marker="D", capsize=3)
         low, high = summary["mean"] - summary["std"], summary["mean"] + summary["std"]
         ax.axhspan(100 * low, 100 * high, color="grey", alpha=0.25, label="dense mean ± 1 std")
         config = table["config"] or {}

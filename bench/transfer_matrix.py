@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 from _common import machine
-from quality import build, lottery_args, run_trainer, seed_from_dense
-from transformers import TrainerCallback, set_seed
+from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model
+from transformers import TrainerCallback
 
 from glue_tasks import get_task
 from hf_lottery import LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
@@ -111,9 +111,8 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
         seed_from_dense(Path(opts.dense_from[source]), out, largs.sparsity_schedule(), distills=False)
     task, data, model_init, collator, metrics = parts
     stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source == "mlm" else None
-    set_seed(largs.seed)  # before the model: its new classification head comes from the global RNG
     trainer = LotteryTrainer(
-        model=model_init(),
+        model=seeded_model(model_init, largs.seed),
         args=largs,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
