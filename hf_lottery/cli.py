@@ -272,7 +272,7 @@ def find_ticket(
 ) -> Any:
     """Run IMP on a GLUE task (or train one lottery branch); writes the ticket, the sparse model, the history and
     the plot to `output_dir`."""
-    hub = {
+    hub: dict[str, Any] = {
         "revision": model_args.revision,
         "cache_dir": model_args.cache_dir,
         "trust_remote_code": model_args.trust_remote_code,
@@ -281,7 +281,7 @@ def find_ticket(
     task, train, dev = build_datasets(data_args, tokenizer, args.seed)
     if args.metric_for_best_model is None:
         args.metric_for_best_model = task.main_metric
-    labels = (
+    labels: dict[str, Any] = (
         {}
         if task.is_regression
         else {
