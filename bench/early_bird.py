@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.6])
     p.add_argument("--rate", type=float, default=0.2, help="fraction of the original weights pruned per round")
+    p.add_argument(
+        "--eb-rate",
+        type=float,
+        default=None,
+        help="per-round rate of the early-bird runs only (default --rate); e.g. the level itself: one early round, "
+        "then the ticket",
+    )
     p.add_argument("--rewind", default="pretrained", help="rewind mode of both runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
@@ -59,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # The early-bird settings a run's folder is named after when they differ from these (the first runs' defaults).
-EARLY_BIRD_DEFAULTS = {"interval": 25, "threshold": 0.01, "patience": 3, "full_round0": False}
+EARLY_BIRD_DEFAULTS = {"interval": 25, "threshold": 0.01, "patience": 3, "full_round0": False, "eb_rate": None}
 
 
 def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Path:
@@ -67,14 +74,18 @@ def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Pat
     if run == "early-bird":
         for key, default in EARLY_BIRD_DEFAULTS.items():
             value = getattr(opts, key)
+            if key == "eb_rate" and value == opts.rate:
+                continue
             if value != default:
-                name += f"-{key.replace('_', '')}" if isinstance(value, bool) else f"-{key}{value:g}"
+                name += (
+                    f"-{key.replace('_', '')}" if isinstance(value, bool) else f"-{key.replace('eb_', '')}{value:g}"
+                )
     return Path(opts.cache) / opts.task / f"{name}-{int(round(100 * target))}-seed{seed}"
 
 
-def quality_opts(opts: argparse.Namespace, target: float) -> argparse.Namespace:
+def quality_opts(opts: argparse.Namespace, target: float, rate: float) -> argparse.Namespace:
     """The option names `bench/quality.py`'s `lottery_args` reads."""
-    return argparse.Namespace(lr=opts.lr, epochs=opts.epochs, target=target, rate=opts.rate, sampling=opts.sampling)
+    return argparse.Namespace(lr=opts.lr, epochs=opts.epochs, target=target, rate=rate, sampling=opts.sampling)
 
 
 def history_path(folder: Path) -> Path:
@@ -100,7 +111,8 @@ def study(opts: argparse.Namespace) -> None:
             if history_path(out).is_file():
                 continue
             print(f"[early_bird] {opts.task} {run} to {target:.0%} seed {seed}", flush=True)
-            largs = lottery_args(out, quality_opts(opts, target), 42 + seed, rewind=opts.rewind, **extra)
+            rate = opts.rate if run == "full" or opts.eb_rate is None else opts.eb_rate
+            largs = lottery_args(out, quality_opts(opts, target, rate), 42 + seed, rewind=opts.rewind, **extra)
             history = run_trainer(out, largs, parts)
             tmp = history_path(out).with_suffix(".tmp")
             tmp.write_text(json.dumps({"machine": machine(), "history": history}, indent=1), encoding="utf-8")
