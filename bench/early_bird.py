@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
     p.add_argument("--report", action="store_true", help="only write the table from the cache")
-    p.add_argument("--output", default=None, help="results JSON (default bench/early_bird_<task>.json)")
+    p.add_argument("--output", default=None, help="results JSON (default with --report: bench/early_bird_<task>.json)")
     return p.parse_args(argv)
 
 
@@ -181,8 +181,9 @@ def report(opts: argparse.Namespace) -> dict:
     table = "\n".join(lines)
     print(table)
     result = {"settings": {k: v for k, v in vars(opts).items() if k != "report"}, "rows": rows, "table": table}
-    output = Path(opts.output or Path(__file__).with_name(f"early_bird_{opts.task}.json"))
-    output.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if opts.report or opts.output:  # a study run only prints: its table must not replace a committed one
+        output = Path(opts.output or Path(__file__).with_name(f"early_bird_{opts.task}.json"))
+        output.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
 
