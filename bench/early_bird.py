@@ -62,24 +62,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
     p.add_argument("--report", action="store_true", help="only write the table from the cache")
     p.add_argument("--output", default=None, help="results JSON (default with --report: bench/early_bird_<task>.json)")
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)
+    if opts.eb_rate is None:
+        opts.eb_rate = opts.rate
+    return opts
 
 
 # The early-bird settings a run's folder is named after when they differ from these (the first runs' defaults).
-EARLY_BIRD_DEFAULTS = {"interval": 25, "threshold": 0.01, "patience": 3, "full_round0": False, "eb_rate": None}
+EARLY_BIRD_DEFAULTS = {"interval": 25, "threshold": 0.01, "patience": 3, "full_round0": False, "eb_rate": 0.2}
+FOLDER_LABELS = {"full_round0": "fullround0", "eb_rate": "rate"}
 
 
 def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Path:
     name = run
     if run == "early-bird":
         for key, default in EARLY_BIRD_DEFAULTS.items():
-            value = getattr(opts, key)
-            if key == "eb_rate" and value == opts.rate:
-                continue
+            value, label = getattr(opts, key), FOLDER_LABELS.get(key, key)
             if value != default:
-                name += (
-                    f"-{key.replace('_', '')}" if isinstance(value, bool) else f"-{key.replace('eb_', '')}{value:g}"
-                )
+                name += f"-{label}" if isinstance(value, bool) else f"-{label}{value:g}"
     return Path(opts.cache) / opts.task / f"{name}-{int(round(100 * target))}-seed{seed}"
 
 
@@ -111,7 +111,7 @@ def study(opts: argparse.Namespace) -> None:
             if history_path(out).is_file():
                 continue
             print(f"[early_bird] {opts.task} {run} to {target:.0%} seed {seed}", flush=True)
-            rate = opts.rate if run == "full" or opts.eb_rate is None else opts.eb_rate
+            rate = opts.rate if run == "full" else opts.eb_rate
             largs = lottery_args(out, quality_opts(opts, target, rate), 42 + seed, rewind=opts.rewind, **extra)
             history = run_trainer(out, largs, parts)
             tmp = history_path(out).with_suffix(".tmp")
