@@ -16,7 +16,9 @@ match at that level is claimed over 3 seeds, not one.
 `--level METHOD=ROUND:PERCENT` prunes round ROUND's trained weights of a finished IMP run to PERCENT % (global
 magnitude under the run's own settings, nested in that round's mask, as the run's next round would) and trains that
 ticket as the method trains, seeds `--level-seeds`: a level between the chain's (50 % from the 40 % round of a 20 %
-chain) or past its target, without rerunning the chain.
+chain) or past its target, without rerunning the chain; ROUND 0 prunes the dense seed-0 run in one shot.
+`--scope` and `--prune-modules` set `pruning_scope` and `prune_modules` of every pruning (give such a study its own
+`--cache`: the cache's runs must share their settings).
 The IMP variants share round 0 (the dense run of the first seed). Every finished round is cached under
 `--cache`, so the study can be stopped and run again to continue. A method *matches* the full model at a
 sparsity when its dev metric is at least the dense mean minus one dense standard deviation.
@@ -103,6 +105,8 @@ def lottery_args(out: Path, opts, seed: int, **overrides) -> LotteryArguments:
         pruning_rate=opts.rate,
         pruning_rate_of="original",
         train_sampling_strategy=opts.sampling,
+        pruning_scope=getattr(opts, "scope", "global"),
+        prune_modules=getattr(opts, "prune_modules", None),
     )
     values.update(overrides)
     return LotteryArguments(**values)
@@ -295,7 +299,8 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
     from hf_lottery.training.run_state import load_weights_
 
     metric = f"eval_{parts[0].main_metric}"
-    run = cache / method
+    # Round 0 is the dense run every chain starts from: a level from it is one-shot pruning of the fine-tuned model.
+    run = cache / method if r else cache / "dense_seed0"
     trained = _trained_weights(run, r)
     if not trained.exists():
         raise SystemExit(f"--level {method}={r}:{percent}: {trained} is missing; run the IMP chain to round {r}.")
@@ -320,7 +325,8 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
             load_weights_(model, load_file(str(trained)))
         teacher = None
         if method in DISTILLED:
-            teacher = frozen_copy(parts[2](), load_file(str(run / LOTTERY_STATE_DIR / TEACHER_NAME)))
+            teacher_file = TEACHER_NAME if r else "trained_round_0.safetensors"
+            teacher = frozen_copy(parts[2](), load_file(str(run / LOTTERY_STATE_DIR / teacher_file)))
         out = cache / key
         start = time.time()
         overrides = method_overrides(method, opts)
@@ -724,6 +730,10 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--rate", type=float, default=0.2, help="fraction of the original weights pruned per round")
+    parser.add_argument("--scope", default="global", help="pruning_scope of every pruning: 'global' or 'layer'")
+    parser.add_argument(
+        "--prune-modules", nargs="*", default=None, help="prune_modules regexes (default: the library's prunable set)"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--dense-seeds", nargs="*", type=int, default=None, help="which dense seeds this process trains (default all)"

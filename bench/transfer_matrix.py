@@ -38,7 +38,8 @@ from glue_tasks import get_task
 from hf_lottery import LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
 from hf_lottery.utils.io import atomic_path
 
-SOURCES = ("sst2", "mrpc", "mlm")
+SOURCES = ("sst2", "mrpc", "mlm", "mlm-warm", "theta0")
+MLM_SOURCES = ("mlm", "mlm-warm")
 TARGETS = ("sst2", "mrpc")
 # The budgets of the quality study, whose 3 dense seeds give each target's matching threshold.
 # The MLM corpus: the same 8,000 SST-2 training sentences and every MRPC training sentence.
@@ -50,8 +51,8 @@ BUDGETS = {
 
 
 def budget(task: str, opts) -> argparse.Namespace:
-    values = vars(opts) | BUDGETS.get(task, {})
-    if task == "mlm":
+    values = vars(opts) | BUDGETS.get("mlm" if task in MLM_SOURCES else task, {}) | opts.budget.get(task, {})
+    if task in MLM_SOURCES:
         values["epochs"] = opts.mlm_epochs
     return argparse.Namespace(**values)
 
@@ -102,7 +103,9 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
     if ticket_dir.is_dir():
         return TicketMask.from_pretrained(ticket_dir)
     source_opts = budget(source, opts)
-    if source == "mlm":
+    if source == "theta0":
+        return _theta0_ticket(source_opts, ticket_dir)
+    if source in MLM_SOURCES:
         parts = _mlm_parts(source_opts)
     else:
         parts = build(source, opts.glue_dir, source_opts.train_samples, opts.max_len)
@@ -110,9 +113,12 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
     if source in opts.dense_from:
         seed_from_dense(Path(opts.dense_from[source]), out, largs.sparsity_schedule(), distills=False)
     task, data, model_init, collator, metrics = parts
-    stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source == "mlm" else None
+    stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source in MLM_SOURCES else None
+    model = seeded_model(model_init, largs.seed)
+    if source == "mlm-warm":
+        warm_head(model, out, data, collator, source_opts)
     trainer = LotteryTrainer(
-        model=seeded_model(model_init, largs.seed),
+        model=model,
         args=largs,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
@@ -126,6 +132,66 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.ticket.save_pretrained(ticket_dir)
     return trainer.ticket
+
+
+def _theta0_ticket(opts, ticket_dir: Path) -> TicketMask:
+    """One-shot global magnitude pruning of the pre-trained weights themselves (no training): what IMP's mask would be
+    if training never moved a weight. Scored on the MLM model, so it covers the encoder and not the pooler, as the MLM
+    tickets do."""
+    from hf_lottery import prune
+
+    model = _mlm_parts(opts)[2]()
+    ticket = prune(model, opts.sparsity)
+    ticket.save_pretrained(ticket_dir)
+    return ticket
+
+
+def warm_head(model, out: Path, data, collator, opts) -> None:
+    """Fit the MLM head the checkpoint lacks with the encoder frozen (linear probing before fine-tuning), so that θ0 of
+    the MLM IMP run is the pre-trained encoder under a head that reads it, and round 0's first steps do not push
+    random-head gradients into the encoder. The fitted head is cached (`warm_head.safetensors`): a resumed run
+    starts from the same θ0."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Trainer, TrainingArguments
+
+    from hf_lottery.training.run_state import load_weights_
+
+    cached = out / "warm_head.safetensors"
+    if cached.is_file():
+        load_weights_(model, load_file(str(cached)))
+        return
+    base = model.base_model_prefix
+    frozen = [p for name, p in model.named_parameters() if name.startswith(f"{base}.")]  # the tied decoder too
+    for p in frozen:
+        p.requires_grad_(False)
+    args = TrainingArguments(
+        output_dir=str(out / "warm_head"),
+        learning_rate=opts.mlm_warmup_lr,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        num_train_epochs=opts.mlm_warmup_epochs,
+        warmup_steps=0.1,
+        seed=0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=50,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        train_sampling_strategy=opts.sampling,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"], data_collator=collator
+    )
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    for p in frozen:
+        p.requires_grad_(True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "warm_head.json").write_text(json.dumps({"eval_loss_before": before, "eval_loss_after": after}))
+    head = {n: p.detach().contiguous() for n, p in model.named_parameters() if not n.startswith(f"{base}.")}
+    with atomic_path(cached) as tmp:
+        save_file(head, str(tmp))
 
 
 def _ticket_run(source: str, cache: Path) -> list[dict]:
@@ -174,7 +240,9 @@ def work_items(opts) -> list[tuple[str, ...]]:
     for seed in range(opts.seeds):
         for source in opts.sources:
             for target in opts.targets:
-                rows = [source, f"random-{source}"] + (["dense"] if source == target else [])
+                rows = (
+                    [source] + ([f"random-{source}"] if opts.random else []) + (["dense"] if source == target else [])
+                )
                 items += [("cell", row, target, str(seed)) for row in rows]
     return items
 
@@ -279,10 +347,25 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--dense-from", nargs="*", default=[], metavar="TASK=DIR")
+    parser.add_argument(
+        "--budget",
+        nargs="*",
+        default=[],
+        metavar="TASK=SAMPLES:EPOCHS",
+        help="another training budget for a target task, e.g. sst2=all:1 (SAMPLES 'all' = the full training set)",
+    )
+    parser.add_argument("--no-random", dest="random", action="store_false", help="skip the random-pruning controls")
+    parser.add_argument("--mlm-warmup-epochs", type=float, default=1, help="mlm-warm: epochs fitting the MLM head")
+    parser.add_argument("--mlm-warmup-lr", type=float, default=5e-4, help="mlm-warm: learning rate of the head fit")
     parser.add_argument("--report", action="store_true", help="only print the table from the cache")
     opts = parser.parse_args()
     opts.target = opts.sparsity
     opts.dense_from = dict(item.split("=", 1) for item in opts.dense_from)
+    opts.budget = {
+        task: {"train_samples": None if samples == "all" else int(samples), "epochs": float(epochs)}
+        for task, spec in (item.split("=", 1) for item in opts.budget)
+        for samples, epochs in [spec.split(":")]
+    }
     torch.set_num_threads(opts.threads)
     report(opts) if opts.report else study(opts)
 
