@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 import subprocess
+from pathlib import Path
 
 import torch
 import transformers
@@ -74,3 +76,55 @@ def minilm_classifier(num_labels: int = 2):
             hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, num_labels=num_labels
         )
         return AutoModelForSequenceClassification.from_config(config), "random MiniLM-L6-shaped BERT"
+
+
+def fit_head(model, out: Path, data, collator, epochs: float, lr: float, sampling: str, seed: int = 0) -> dict:
+    """Fit the task head the checkpoint lacks with the base model frozen (linear probing before fine-tuning, LP-FT),
+    in place: θ0 becomes the pre-trained encoder under a head that already reads it, and the first steps of every
+    round no longer push a random head's gradients into the encoder. The fitted head (every parameter outside the
+    base model; a decoder tied to the embeddings stays frozen with them) is cached in `out/head_fit.safetensors`, so a
+    resumed run starts from the same θ0. Returns the eval losses before and after (`out/head_fit.json`)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Trainer, TrainingArguments
+
+    from hf_lottery.training.run_state import load_weights_
+    from hf_lottery.utils.io import atomic_path
+
+    cached, record = out / "head_fit.safetensors", out / "head_fit.json"
+    if cached.is_file():
+        load_weights_(model, load_file(str(cached)))
+        return json.loads(record.read_text())
+    base = model.base_model_prefix
+    frozen = [p for name, p in model.named_parameters() if name.startswith(f"{base}.")]
+    for p in frozen:
+        p.requires_grad_(False)
+    args = TrainingArguments(
+        output_dir=str(out / "head_fit"),
+        learning_rate=lr,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        num_train_epochs=epochs,
+        warmup_steps=0.1,
+        seed=seed,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=50,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        train_sampling_strategy=sampling,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"], data_collator=collator
+    )
+    losses = {"eval_loss_before": trainer.evaluate()["eval_loss"]}
+    trainer.train()
+    losses["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+    for p in frozen:
+        p.requires_grad_(True)
+    out.mkdir(parents=True, exist_ok=True)
+    head = {n: p.detach().contiguous() for n, p in model.named_parameters() if not n.startswith(f"{base}.")}
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(losses))
+    with atomic_path(cached) as tmp:
+        save_file(head, str(tmp))
+    return losses

@@ -18,7 +18,8 @@ magnitude under the run's own settings, nested in that round's mask, as the run'
 ticket as the method trains, seeds `--level-seeds`: a level between the chain's (50 % from the 40 % round of a 20 %
 chain) or past its target, without rerunning the chain; ROUND 0 prunes the dense seed-0 run in one shot.
 `--scope` and `--prune-modules` set `pruning_scope` and `prune_modules` of every pruning (give such a study its own
-`--cache`: the cache's runs must share their settings).
+`--cache`: the cache's runs must share their settings). `--head-fit-epochs` fits the classification head with the
+encoder frozen before each dense run (linear probing, then fine-tuning), so θ0 holds a fitted head.
 The IMP variants share round 0 (the dense run of the first seed). Every finished round is cached under
 `--cache`, so the study can be stopped and run again to continue. A method *matches* the full model at a
 sparsity when its dev metric is at least the dense mean minus one dense standard deviation.
@@ -40,7 +41,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, same_machine
+from _common import fit_head, machine, same_machine
 from transformers import TrainerCallback, set_seed
 
 from hf_lottery import LotteryArguments, LotteryTrainer, TicketMask, random_pruning_like
@@ -243,7 +244,12 @@ def study(opts) -> None:
         key = f"dense_seed{seed}"
         if key not in results:
             start = time.time()
-            hist = run_trainer(cache / key, lottery_args(cache / key, opts, 42 + seed, target_sparsity=0.0), parts)
+            model = None
+            if opts.head_fit_epochs:  # θ0 = the pre-trained encoder under a head fitted to it (LP-FT)
+                model = seeded_model(parts[2], 42 + seed)
+                fit_head(model, cache / key, parts[1], parts[3], opts.head_fit_epochs, opts.head_fit_lr, opts.sampling)
+            largs = lottery_args(cache / key, opts, 42 + seed, target_sparsity=0.0)
+            hist = run_trainer(cache / key, largs, parts, model=model)
             results[key] = {"metric": hist[0]["metrics"][metric], "seconds": time.time() - start}
             save()
     schedule = lottery_args(cache / "x", opts, 42).sparsity_schedule()
@@ -734,6 +740,14 @@ def main() -> None:
     parser.add_argument(
         "--prune-modules", nargs="*", default=None, help="prune_modules regexes (default: the library's prunable set)"
     )
+    parser.add_argument(
+        "--head-fit-epochs",
+        type=float,
+        default=0,
+        help="fit the new classification head with the encoder frozen for this many epochs before each dense run, so "
+        "θ0 holds a fitted head (LP-FT); 0 = the randomly drawn head",
+    )
+    parser.add_argument("--head-fit-lr", type=float, default=1e-3, help="learning rate of --head-fit-epochs")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--dense-seeds", nargs="*", type=int, default=None, help="which dense seeds this process trains (default all)"

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine
+from _common import fit_head, machine
 from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model
 from transformers import TrainerCallback
 
@@ -116,7 +116,9 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
     stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source in MLM_SOURCES else None
     model = seeded_model(model_init, largs.seed)
     if source == "mlm-warm":
-        warm_head(model, out, data, collator, source_opts)
+        fit_head(
+            model, out, data, collator, epochs=opts.mlm_warmup_epochs, lr=opts.mlm_warmup_lr, sampling=opts.sampling
+        )
     trainer = LotteryTrainer(
         model=model,
         args=largs,
@@ -144,54 +146,6 @@ def _theta0_ticket(opts, ticket_dir: Path) -> TicketMask:
     ticket = prune(model, opts.sparsity)
     ticket.save_pretrained(ticket_dir)
     return ticket
-
-
-def warm_head(model, out: Path, data, collator, opts) -> None:
-    """Fit the MLM head the checkpoint lacks with the encoder frozen (linear probing before fine-tuning), so that θ0 of
-    the MLM IMP run is the pre-trained encoder under a head that reads it, and round 0's first steps do not push
-    random-head gradients into the encoder. The fitted head is cached (`warm_head.safetensors`): a resumed run
-    starts from the same θ0."""
-    from safetensors.torch import load_file, save_file
-    from transformers import Trainer, TrainingArguments
-
-    from hf_lottery.training.run_state import load_weights_
-
-    cached = out / "warm_head.safetensors"
-    if cached.is_file():
-        load_weights_(model, load_file(str(cached)))
-        return
-    base = model.base_model_prefix
-    frozen = [p for name, p in model.named_parameters() if name.startswith(f"{base}.")]  # the tied decoder too
-    for p in frozen:
-        p.requires_grad_(False)
-    args = TrainingArguments(
-        output_dir=str(out / "warm_head"),
-        learning_rate=opts.mlm_warmup_lr,
-        per_device_train_batch_size=32,
-        per_device_eval_batch_size=128,
-        num_train_epochs=opts.mlm_warmup_epochs,
-        warmup_steps=0.1,
-        seed=0,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=50,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-        train_sampling_strategy=opts.sampling,
-    )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"], data_collator=collator
-    )
-    before = trainer.evaluate()["eval_loss"]
-    trainer.train()
-    after = trainer.evaluate()["eval_loss"]
-    for p in frozen:
-        p.requires_grad_(True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "warm_head.json").write_text(json.dumps({"eval_loss_before": before, "eval_loss_after": after}))
-    head = {n: p.detach().contiguous() for n, p in model.named_parameters() if not n.startswith(f"{base}.")}
-    with atomic_path(cached) as tmp:
-        save_file(head, str(tmp))
 
 
 def _ticket_run(source: str, cache: Path) -> list[dict]:
