@@ -17,9 +17,9 @@ match at that level is claimed over 3 seeds, not one.
 magnitude under the run's own settings, nested in that round's mask, as the run's next round would) and trains that
 ticket as the method trains, seeds `--level-seeds`: a level between the chain's (50 % from the 40 % round of a 20 %
 chain) or past its target, without rerunning the chain; ROUND 0 prunes the dense seed-0 run in one shot.
-`--scope` and `--prune-modules` set `pruning_scope` and `prune_modules` of every pruning (give such a study its own
-`--cache`: the cache's runs must share their settings). `--head-fit-epochs` fits the classification head with the
-encoder frozen before each dense run (linear probing, then fine-tuning), so θ0 holds a fitted head.
+`--scope`, `--pruning-method` and `--prune-modules` set those `LotteryArguments` of every pruning (give such a
+study its own `--cache`: the cache's runs must share their settings). `--head-fit-epochs` fits the classification
+head with the encoder frozen before each dense run (linear probing, then fine-tuning), so θ0 holds a fitted head.
 The IMP variants share round 0 (the dense run of the first seed). Every finished round is cached under
 `--cache`, so the study can be stopped and run again to continue. A method *matches* the full model at a
 sparsity when its dev metric is at least the dense mean minus one dense standard deviation.
@@ -107,6 +107,7 @@ def lottery_args(out: Path, opts, seed: int, **overrides) -> LotteryArguments:
         pruning_rate_of="original",
         train_sampling_strategy=opts.sampling,
         pruning_scope=getattr(opts, "scope", "global"),
+        pruning_method=getattr(opts, "pruning_method", "magnitude"),
         prune_modules=getattr(opts, "prune_modules", None),
     )
     values.update(overrides)
@@ -318,7 +319,14 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
     scorer = parts[2]()
     load_weights_(scorer, load_file(str(trained)))
     settings = lottery_args(cache / "x", opts, 42, **method_overrides(method, opts))
-    ticket = prune_with_arguments(scorer, settings, percent / 100, chain_mask, r + 1)
+
+    def batches():  # for scorers that learn from data (hydra)
+        from torch.utils.data import DataLoader
+
+        return DataLoader(parts[1]["train"], batch_size=32, shuffle=True, collate_fn=parts[3])
+
+    set_seed(42)
+    ticket = prune_with_arguments(scorer, settings, percent / 100, chain_mask, r + 1, dataloader=batches)
     del scorer
     for seed in opts.level_seeds:
         key = f"{method}_from{r}_at{percent}_seed{seed}"
@@ -737,6 +745,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--rate", type=float, default=0.2, help="fraction of the original weights pruned per round")
     parser.add_argument("--scope", default="global", help="pruning_scope of every pruning: 'global' or 'layer'")
+    parser.add_argument("--pruning-method", default="magnitude", help="pruning_method of every pruning (the registry)")
     parser.add_argument(
         "--prune-modules", nargs="*", default=None, help="prune_modules regexes (default: the library's prunable set)"
     )
