@@ -311,8 +311,9 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
     trained = _trained_weights(run, r)
     if not trained.exists():
         raise SystemExit(f"--level {method}={r}:{percent}: {trained} is missing; run the IMP chain to round {r}.")
-    chain_mask = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))
-    if percent / 100 <= chain_mask.sparsity + 1e-6:
+    # Round 0's mask keeps everything: from it, prune the set that this study's settings (--prune-modules) name.
+    chain_mask = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors"))) if r else None
+    if chain_mask is not None and percent / 100 <= chain_mask.sparsity + 1e-6:
         raise SystemExit(
             f"--level {method}={r}:{percent}: round {r} is already {100 * chain_mask.sparsity:.1f} % sparse."
         )
