@@ -304,6 +304,7 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
     from hf_lottery.pruning.prune import prune_with_arguments
     from hf_lottery.training.distillation import frozen_copy
     from hf_lottery.training.run_state import load_weights_
+    from hf_lottery.utils.parameters import prunable_parameters
 
     metric = f"eval_{parts[0].main_metric}"
     # Round 0 is the dense run every chain starts from: a level from it is one-shot pruning of the fine-tuned model.
@@ -311,15 +312,16 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
     trained = _trained_weights(run, r)
     if not trained.exists():
         raise SystemExit(f"--level {method}={r}:{percent}: {trained} is missing; run the IMP chain to round {r}.")
-    # Round 0's mask keeps everything: from it, prune the set that this study's settings (--prune-modules) name.
-    chain_mask = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors"))) if r else None
-    if chain_mask is not None and percent / 100 <= chain_mask.sparsity + 1e-6:
+    chain_mask = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))
+    if percent / 100 <= chain_mask.sparsity + 1e-6:
         raise SystemExit(
             f"--level {method}={r}:{percent}: round {r} is already {100 * chain_mask.sparsity:.1f} % sparse."
         )
     scorer = parts[2]()
     load_weights_(scorer, load_file(str(trained)))
     settings = lottery_args(cache / "x", opts, 42, **method_overrides(method, opts))
+    if not r:  # the dense run's mask keeps the default set: prune the set this study names (--prune-modules)
+        chain_mask = TicketMask.ones_like(prunable_parameters(scorer, settings.prune_modules))
 
     def batches():  # for scorers that learn from data (hydra)
         from torch.utils.data import DataLoader
