@@ -1,7 +1,10 @@
 """HYDRA (Sehwag et al., NeurIPS 2020): importance scores learned on the task with the weights frozen.
 
-Each prunable weight `w` gets a score `s`, initialised from its magnitude as in the paper,
-`s = sqrt(6 / fan_in) · |w| / max|w|` per tensor (Kaiming-uniform scale, magnitude order). The network is run with
+Each prunable weight `w` gets a score `s`, initialised from its magnitude: `s = |w| / mean|w|` over all prunable
+weights, so the first top-k is the magnitude mask of the scope and a typical weight scores 1, whatever the weights'
+scale. (The paper's per-tensor `sqrt(6 / fan_in) · |w| / max|w|` reorders tensors under a global top-k, and its
+scores of ~1e-3 let one Adam step at 0.01 reshuffle the whole ranking: on all-MiniLM-L6-v2 at 60 % that ticket stayed
+at chance after retraining, bench/RESULTS.md.) The network is run with
 `w ⊙ m(s)`, where `m(s)` keeps the top `(1 - sparsity)` of `|s|` (globally or per tensor, the pruning scope) and the
 gradient passes straight through the top-k to `s` (edge-popup); only the scores are trained, every weight is
 frozen. The scores rank the weights for the shared selector; the chosen subnetwork is then fine-tuned by the
@@ -230,11 +233,11 @@ def hydra_scores(
     prior = TicketMask(mask) if mask is not None else TicketMask.ones_like(parameters)
     device = next(iter(parameters.values())).device
     prior_dev = {n: prior[n].to(device) for n in parameters}
-    init = {}
-    for name, p in parameters.items():
-        w = p.detach().float().abs() * prior_dev[name]
-        fan_in = w[0].numel() if w.dim() > 1 else w.numel()
-        init[name] = math.sqrt(6.0 / fan_in) * w / w.max().clamp_min(1e-12)
+    # Scores start at |w| over the mean |w| of the kept weights (the module docstring says why not the paper's scale).
+    magnitudes = {name: p.detach().float().abs() * prior_dev[name] for name, p in parameters.items()}
+    kept = sum(float(w.sum()) for w in magnitudes.values())
+    scale = max(kept / max(sum(int(prior_dev[n].sum()) for n in magnitudes), 1), 1e-12)
+    init = {name: w / scale for name, w in magnitudes.items()}
     if select is None:
         select = partial(select_mask, scope=scope, max_tensor_sparsity=None)
     # The shared selector checks the request before any training, and its guard shapes the first top-k.
