@@ -356,6 +356,14 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
         save()
 
 
+def repeat_seed(r: int, seed: int) -> int:
+    """The training seed of repeat `seed` (1, 2, ...) of a chain's round `r`. The trainer seeds round r with
+    `seed + r`, so the chain trained it with 42 + r; the repeats take 42 + 1, 42 + 2, ... skipping that offset (a
+    repeat with it is the chain's own run again: the three "seeds" of round 2 were two runs until this was fixed)."""
+    offsets = [k for k in range(1, seed + 2) if k != r]
+    return 42 + offsets[seed - 1]
+
+
 def repeat_round(method, r, cache, opts, parts, results, save, variant: str = "repeat") -> None:
     """Retrain round `r` of `method`'s finished IMP run with other seeds: its mask, its starting weights.
 
@@ -407,7 +415,8 @@ def repeat_round(method, r, cache, opts, parts, results, save, variant: str = "r
         if variant == "hidden":
             overrides["distill_hidden_weight"] = opts.distill_hidden_weight
         overrides.update(rewind="pretrained", target_sparsity=round(ticket.sparsity, 10))
-        largs = lottery_args(out, opts, 42 + seed, **overrides)
+        training_seed = repeat_seed(r, seed) if variant == "repeat" else 42 + seed
+        largs = lottery_args(out, opts, training_seed, **overrides)
         hist = run_trainer(out, largs, parts, mask=ticket, model=model, teacher=teacher)
         results[key] = {"sparsity": hist[-1]["sparsity"], "metric": hist[-1]["metrics"][metric]}
         results[key]["seconds"] = time.time() - start
