@@ -129,3 +129,25 @@ def test_batches_without_labels_need_a_loss_fn():
     dataset = toy_dataset(8).remove_columns("labels")
     with pytest.raises(ValueError, match="loss_fn"):
         prune(tiny_model(), 0.5, method="hydra", dataloader=_loader(dataset))
+
+
+def test_a_tensor_the_guard_protects_stays_alive_while_the_scores_learn(trained):
+    # A tensor of small weights (MiniLM's untrained pooler) is one the layer-collapse guard keeps alive in the
+    # final mask; a plain top-k between the steps emptied it after the first one, so the scores were learned on a
+    # network whose output no longer depended on its input.
+    model, train, _ = trained
+    model = copy.deepcopy(model)
+    pooler = "bert.pooler.dense.weight"
+    with torch.no_grad():
+        model.get_parameter(pooler).mul_(0.01)
+    kept = []
+
+    def loss_fn(model, batch):
+        kept.append(int(model.get_submodule("bert.pooler.dense").weight.count_nonzero()))
+        return model(**batch).loss
+
+    mask = prune(model, 0.7, method="hydra", dataloader=_loader(train), loss_fn=loss_fn, epochs=2, seed=0)
+    assert prune(model, 0.7, method="magnitude", max_tensor_sparsity=None)[pooler].sum() == 0  # unguarded: emptied
+    assert len(kept) == 2 * len(_loader(train)) and kept[0] > 0
+    assert min(kept) == kept[0]  # every step keeps at least what the guard kept at the start
+    assert mask[pooler].sum() > 0

@@ -75,25 +75,46 @@ def default_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
 
 
 def _top_k(
-    scores: Mapping[str, torch.Tensor], prior: Mapping[str, torch.Tensor], sparsity: float, scope: str
+    scores: Mapping[str, torch.Tensor],
+    prior: Mapping[str, torch.Tensor],
+    sparsity: float,
+    scope: str,
+    floors: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Keep masks of the highest `|scores|` at `sparsity` (on the scores' device; prior-pruned weights stay out)."""
+    """Keep masks of the highest `|scores|` at `sparsity` (on the scores' device; prior-pruned weights stay out).
+
+    `floors[name]` is the fewest weights tensor `name` keeps: its highest scores are kept first and the rest of the
+    budget goes to the highest scores of the scope, so a tensor the layer-collapse guard protected stays protected
+    while its scores are learned.
+    """
+    floors = floors or {}
     ranked = {n: s.detach().abs().masked_fill(~prior[n], float("-inf")) for n, s in scores.items()}
     if scope == "layer":
         keep = {}
         for n, s in ranked.items():
             n_keep = s.numel() - max(round(sparsity * s.numel()), int((~prior[n]).sum()))
             flat = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
-            flat[s.flatten().topk(n_keep).indices] = True
+            flat[s.flatten().topk(max(n_keep, floors.get(n, 0))).indices] = True
             keep[n] = flat.view(s.shape)
         return keep
-    flats = [s.flatten() for s in ranked.values()]
+    forced = {}
+    for n, floor in floors.items():
+        flat = torch.zeros(ranked[n].numel(), dtype=torch.bool, device=ranked[n].device)
+        flat[ranked[n].flatten().topk(floor).indices] = True
+        forced[n] = flat
+    flats = [
+        s.flatten().masked_fill(forced[n], float("-inf")) if n in forced else s.flatten() for n, s in ranked.items()
+    ]
     total = sum(f.numel() for f in flats)
+    n_free = max(total - round(sparsity * total) - sum(floors.values()), 0)
     flat = torch.zeros(total, dtype=torch.bool, device=flats[0].device)
-    flat[torch.cat(flats).topk(total - round(sparsity * total)).indices] = True
-    return {
+    flat[torch.cat(flats).topk(n_free).indices] = True
+    keep = {
         n: k.view(s.shape) for (n, s), k in zip(ranked.items(), flat.split([f.numel() for f in flats]), strict=True)
     }
+    for n, chosen in forced.items():
+        keep[n] |= chosen.view(keep[n].shape)
+    return keep
 
 
 def _split_name(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -211,8 +232,9 @@ def hydra_scores(
         adversarial_steps (`int`, *optional*, defaults to 3): forward/backward runs (ascent steps) per batch.
         seed (`int`, *optional*): seeds dropout and δ (the global RNG is restored afterwards).
         select (`Callable`, *optional*): the shared selector (from [`prune`]); it checks the request and gives the
-            first top-k, so the layer-collapse guard shapes the start; later steps use a plain top-k on the device
-            and the final mask is again the selector's. Defaults to [`select_mask`] with `scope` and no guard.
+            first top-k, so the layer-collapse guard shapes the start; later steps use a top-k on the device that
+            keeps, in every tensor the guard protected, as many weights as the guard kept there, and the final
+            mask is again the selector's. Defaults to [`select_mask`] with `scope` and no guard.
 
     Returns:
         `dict[str, torch.Tensor]`: `|s|` per weight (float32, CPU), `-inf` where `mask` had pruned.
@@ -243,6 +265,11 @@ def hydra_scores(
     # The shared selector checks the request before any training, and its guard shapes the first top-k.
     first = select({n: s.cpu() for n, s in init.items()}, sparsity, mask=mask)
     keep = {n: first[n].to(device) for n in parameters}
+    # Where the guard kept more than the plain top-k would (MiniLM's small untrained pooler), every step keeps that
+    # many: a plain top-k would empty such a tensor at the first step and cut the path to the loss, so the scores
+    # would be learned on a network that outputs a constant (the 60 % SST-2 scores trained at loss ln 2).
+    plain = _top_k(init, prior_dev, sparsity, scope) if scope in ("global", "layer") else keep
+    floors = {n: int(keep[n].sum()) for n in parameters if int(keep[n].sum()) > int(plain[n].sum())}
     try:
         steps_per_epoch = len(dataloader)  # type: ignore[arg-type]
     except TypeError:
@@ -273,7 +300,7 @@ def hydra_scores(
                 opt.step()
                 schedule.step()
                 if scope in ("global", "layer"):
-                    keep = _top_k(scores, prior_dev, sparsity, scope)
+                    keep = _top_k(scores, prior_dev, sparsity, scope, floors)
                 else:  # per-row and N:M groups: the shared selector, on the CPU
                     chosen = select(
                         {n: s.detach().abs().float().cpu() for n, s in scores.items()}, sparsity, mask=mask
