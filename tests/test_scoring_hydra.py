@@ -151,3 +151,15 @@ def test_a_tensor_the_guard_protects_stays_alive_while_the_scores_learn(trained)
     assert len(kept) == 2 * len(_loader(train)) and kept[0] > 0
     assert min(kept) == kept[0]  # every step keeps at least what the guard kept at the start
     assert mask[pooler].sum() > 0
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 500, 999, 1000])
+def test_the_step_top_k_keeps_exactly_k_largest_with_ties(k):
+    from hf_lottery.scoring.hydra import _largest
+
+    values = torch.randint(0, 20, (1000,)).float()  # many ties
+    values[:100] = float("-inf")  # weights an earlier mask pruned
+    keep = _largest(values, k)
+    assert int(keep.sum()) == k
+    if 0 < k < 1000:
+        assert values[keep].min() >= values[~keep].max()

@@ -74,6 +74,21 @@ def default_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
     return loss
 
 
+def _largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the `k` largest entries of a flat tensor, ties broken by position. A selection, not a sort:
+    `topk` with k in the millions sorts, 6x slower every step on a 10.8 M-weight encoder (1 CPU thread)."""
+    keep = torch.zeros_like(values, dtype=torch.bool)
+    if k <= 0:
+        return keep
+    if k >= values.numel():
+        return ~keep
+    threshold = values.kthvalue(values.numel() - k + 1).values
+    keep = values > threshold
+    ties = (values == threshold).nonzero().flatten()[: k - int(keep.sum())]
+    keep[ties] = True
+    return keep
+
+
 def _top_k(
     scores: Mapping[str, torch.Tensor],
     prior: Mapping[str, torch.Tensor],
@@ -93,22 +108,15 @@ def _top_k(
         keep = {}
         for n, s in ranked.items():
             n_keep = s.numel() - max(round(sparsity * s.numel()), int((~prior[n]).sum()))
-            flat = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
-            flat[s.flatten().topk(max(n_keep, floors.get(n, 0))).indices] = True
-            keep[n] = flat.view(s.shape)
+            keep[n] = _largest(s.flatten(), max(n_keep, floors.get(n, 0))).view(s.shape)
         return keep
-    forced = {}
-    for n, floor in floors.items():
-        flat = torch.zeros(ranked[n].numel(), dtype=torch.bool, device=ranked[n].device)
-        flat[ranked[n].flatten().topk(floor).indices] = True
-        forced[n] = flat
+    forced = {n: _largest(ranked[n].flatten(), floor) for n, floor in floors.items()}
     flats = [
         s.flatten().masked_fill(forced[n], float("-inf")) if n in forced else s.flatten() for n, s in ranked.items()
     ]
     total = sum(f.numel() for f in flats)
     n_free = max(total - round(sparsity * total) - sum(floors.values()), 0)
-    flat = torch.zeros(total, dtype=torch.bool, device=flats[0].device)
-    flat[torch.cat(flats).topk(n_free).indices] = True
+    flat = _largest(torch.cat(flats), n_free)
     keep = {
         n: k.view(s.shape) for (n, s), k in zip(ranked.items(), flat.split([f.numel() for f in flats]), strict=True)
     }
