@@ -16,7 +16,9 @@ match at that level is claimed over 3 seeds, not one.
 `--level METHOD=ROUND:PERCENT` prunes round ROUND's trained weights of a finished IMP run to PERCENT % (global
 magnitude under the run's own settings, nested in that round's mask, as the run's next round would) and trains that
 ticket as the method trains, seeds `--level-seeds`: a level between the chain's (50 % from the 40 % round of a 20 %
-chain) or past its target, without rerunning the chain; ROUND 0 prunes the dense seed-0 run in one shot.
+chain) or past its target, without rerunning the chain; ROUND 0 prunes the dense seed-0 run in one shot. The
+level's mask is kept in the cache (`METHOD_fromROUND_atPERCENT_mask.safetensors`): its seeds may run as separate
+processes and prune once.
 `--scope`, `--pruning-method` and `--prune-modules` set those `LotteryArguments` of every pruning (give such a
 study its own `--cache`: the cache's runs must share their settings). `--head-fit-epochs` fits the classification
 head with the encoder frozen before each dense run (linear probing, then fine-tuning), so θ0 holds a fitted head.
@@ -299,7 +301,7 @@ def _trained_weights(run: Path, r: int) -> Path:
 def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
     """Prune round `r`'s trained weights of `method`'s finished IMP run to `percent` % and train that ticket with
     the seeds `--level-seeds`, starting as the run's next round would (θ0, or round `r`'s trained weights)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from hf_lottery.pruning.prune import prune_with_arguments
     from hf_lottery.training.distillation import frozen_copy
@@ -317,20 +319,28 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
         raise SystemExit(
             f"--level {method}={r}:{percent}: round {r} is already {100 * chain_mask.sparsity:.1f} % sparse."
         )
-    scorer = parts[2]()
-    load_weights_(scorer, load_file(str(trained)))
-    settings = lottery_args(cache / "x", opts, 42, **method_overrides(method, opts))
-    if not r:  # the dense run's mask keeps the default set: prune the set this study names (--prune-modules)
-        chain_mask = TicketMask.ones_like(prunable_parameters(scorer, settings.prune_modules))
+    # The level's mask is kept beside its runs: seeds run as separate processes (one per core) share one pruning,
+    # which for a learned mask (hydra on the full SST-2 set: 30 min) costs as much as a training.
+    ticket_file = cache / f"{method}_from{r}_at{percent}_mask.safetensors"
+    if ticket_file.exists():
+        ticket = TicketMask(load_file(str(ticket_file)))
+    else:
+        scorer = parts[2]()
+        load_weights_(scorer, load_file(str(trained)))
+        settings = lottery_args(cache / "x", opts, 42, **method_overrides(method, opts))
+        if not r:  # the dense run's mask keeps the default set: prune the set this study names (--prune-modules)
+            chain_mask = TicketMask.ones_like(prunable_parameters(scorer, settings.prune_modules))
 
-    def batches():  # for scorers that learn from data (hydra)
-        from torch.utils.data import DataLoader
+        def batches():  # for scorers that learn from data (hydra)
+            from torch.utils.data import DataLoader
 
-        return DataLoader(parts[1]["train"], batch_size=32, shuffle=True, collate_fn=parts[3])
+            return DataLoader(parts[1]["train"], batch_size=32, shuffle=True, collate_fn=parts[3])
 
-    set_seed(42)
-    ticket = prune_with_arguments(scorer, settings, percent / 100, chain_mask, r + 1, dataloader=batches)
-    del scorer
+        set_seed(42)
+        ticket = prune_with_arguments(scorer, settings, percent / 100, chain_mask, r + 1, dataloader=batches)
+        del scorer
+        with atomic_path(ticket_file) as tmp:
+            save_file(ticket.to_dict(), str(tmp))
     for seed in opts.level_seeds:
         key = f"{method}_from{r}_at{percent}_seed{seed}"
         if key in results:
