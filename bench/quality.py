@@ -320,7 +320,7 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
             f"--level {method}={r}:{percent}: round {r} is already {100 * chain_mask.sparsity:.1f} % sparse."
         )
     # The level's mask is kept beside its runs: seeds run as separate processes (one per core) share one pruning,
-    # which for a learned mask (hydra on the full SST-2 set: 30 min) costs as much as a training.
+    # which for a learned mask (hydra on the full SST-2 set: ≈ 50 min at 1 thread) costs more than a training.
     ticket_file = cache / f"{method}_from{r}_at{percent}_mask.safetensors"
     if ticket_file.exists():
         ticket = TicketMask(load_file(str(ticket_file)))
