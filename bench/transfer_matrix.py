@@ -13,6 +13,9 @@ epochs), so its dense reference over 3 seeds there gives the matching threshold.
 measure the MLM loss of the sparse network, which the transfer never uses). Seed 0's dense and same-task cells
 are the ticket run's own round 0 and last round (the same training; not run twice); `--dense-from TASK=DIR`
 starts a ticket run from a finished dense run of `bench/quality.py` (same θ0, same trained round 0).
+`--teacher TASK=DIR` trains the ticket cells of target TASK with logit distillation from the dense model DIR has
+trained (a finished dense run of `bench/quality.py`), as the `-kd` methods of the quality study do; those cells are
+the rows `SOURCE+kd`. The dense and random rows stay plain.
 `--sources` / `--targets` split the matrix between processes (one per core).
 
     python bench/transfer_matrix.py --sparsity 0.4 --seeds 1 --sources sst2 mrpc --targets sst2 mrpc
@@ -36,6 +39,7 @@ from transformers import TrainerCallback
 
 from glue_tasks import get_task
 from hf_lottery import LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
+from hf_lottery.training.distillation import frozen_copy
 from hf_lottery.utils.io import atomic_path
 
 SOURCES = ("sst2", "mrpc", "mlm", "mlm-warm", "theta0")
@@ -154,7 +158,8 @@ def _ticket_run(source: str, cache: Path) -> list[dict]:
 
 
 def cell(source: str, target: str, seed: int, opts, cache: Path) -> dict:
-    """Train `target` from θ0 with `source`'s ticket (or its random control, or no mask for `dense`)."""
+    """Train `target` from θ0 with `source`'s ticket (or its random control, or no mask for `dense`); a `+kd`
+    source distils from the `--teacher` of `target`."""
     target_opts = budget(target, opts)
     if seed == 0 and source in ("dense", target):
         record = _ticket_run(target, cache)[0 if source == "dense" else -1]
@@ -171,14 +176,21 @@ def cell(source: str, target: str, seed: int, opts, cache: Path) -> dict:
     if source == "dense":
         history = run_trainer(out, lottery_args(out, target_opts, seed=seed, target_sparsity=0.0), parts)
     else:
-        ticket_source = source.removeprefix("random-")
-        ticket = find_ticket(ticket_source, opts, cache)
+        ticket = find_ticket(ticket_source(source), opts, cache)
         model = model_init()
         mask = transfer_ticket(ticket, model)
         if source.startswith("random-"):
             mask = random_pruning_like(mask, model, seed=seed)
-        largs = lottery_args(out, target_opts, seed=seed, target_sparsity=round(mask.sparsity, 10) + 1e-12)
-        history = run_trainer(out, largs, parts, mask=mask)
+        overrides: dict = {"target_sparsity": round(mask.sparsity, 10) + 1e-12}
+        teacher = None
+        if source.endswith("+kd"):
+            from safetensors.torch import load_file
+
+            teacher_file = Path(opts.teacher[target]) / "lottery_state" / "trained_round_0.safetensors"
+            teacher = frozen_copy(model_init(), load_file(str(teacher_file)))
+            overrides.update(distill_alpha=opts.distill_alpha, distill_temperature=opts.distill_temperature)
+        largs = lottery_args(out, target_opts, seed=seed, **overrides)
+        history = run_trainer(out, largs, parts, mask=mask, teacher=teacher)
     last = history[-1]
     return {
         "sparsity": last["sparsity"],
@@ -188,14 +200,22 @@ def cell(source: str, target: str, seed: int, opts, cache: Path) -> dict:
     }
 
 
+def ticket_source(row: str) -> str:
+    """The ticket a row of the matrix trains: `random-mlm+kd` -> `mlm`."""
+    return row.removeprefix("random-").removesuffix("+kd")
+
+
 def work_items(opts) -> list[tuple[str, ...]]:
     """Tickets first, then the cells in `--seeds`, each cell after the ticket it needs."""
     items: list[tuple[str, ...]] = [("ticket", source) for source in opts.sources]
     for seed in range(opts.seeds):
         for source in opts.sources:
             for target in opts.targets:
+                ticket_row = f"{source}+kd" if target in opts.teacher and source != target else source
                 rows = (
-                    [source] + ([f"random-{source}"] if opts.random else []) + (["dense"] if source == target else [])
+                    [ticket_row]
+                    + ([f"random-{source}"] if opts.random else [])
+                    + (["dense"] if source == target else [])
                 )
                 items += [("cell", row, target, str(seed)) for row in rows]
     return items
@@ -241,7 +261,7 @@ def study(opts) -> None:
             else:
                 _, source, target, seed = item
                 done = f"{source}->{target}/seed{seed}" in results
-                needed = [source.removeprefix("random-") if source != "dense" else target]
+                needed = [ticket_source(source) if source != "dense" else target]
                 ready = all((cache / f"ticket-{s}" / "ticket").is_dir() for s in needed)
                 claim = cache / f"{source}-to-{target}-seed{seed}.claim"
             if done:
@@ -271,7 +291,7 @@ def report(opts) -> None:
     print(f"Transfer matrix at {opts.sparsity:.0%} sparsity ({results.get('machine', '?')}); mean ± std over seeds")
     print("| ticket from | " + " | ".join(TARGETS) + " |")
     print("|---|" + "---:|" * len(TARGETS))
-    for source in ("dense", *SOURCES, *(f"random-{s}" for s in SOURCES)):
+    for source in ("dense", *SOURCES, *(f"{s}+kd" for s in SOURCES), *(f"random-{s}" for s in SOURCES)):
         row = []
         for target in TARGETS:
             values = [v["metric"] for k, v in results.items() if k.startswith(f"{source}->{target}/") and v["metric"]]
@@ -281,7 +301,8 @@ def report(opts) -> None:
                 row.append(f"{100 * mean:.2f} ± {100 * std:.2f} (n={len(values)})")
             else:
                 row.append("–")
-        print(f"| {source} | " + " | ".join(row) + " |")
+        if any(cell != "–" for cell in row):
+            print(f"| {source} | " + " | ".join(row) + " |")
 
 
 def main() -> None:
@@ -311,10 +332,20 @@ def main() -> None:
     parser.add_argument("--no-random", dest="random", action="store_false", help="skip the random-pruning controls")
     parser.add_argument("--mlm-warmup-epochs", type=float, default=1, help="mlm-warm: epochs fitting the MLM head")
     parser.add_argument("--mlm-warmup-lr", type=float, default=5e-4, help="mlm-warm: learning rate of the head fit")
+    parser.add_argument(
+        "--teacher",
+        nargs="*",
+        default=[],
+        metavar="TASK=DIR",
+        help="distil the ticket cells of TASK from the dense run DIR of bench/quality.py (rows SOURCE+kd)",
+    )
+    parser.add_argument("--distill-alpha", type=float, default=0.5, help="distill_alpha of the +kd cells")
+    parser.add_argument("--distill-temperature", type=float, default=2.0, help="distill_temperature of the +kd cells")
     parser.add_argument("--report", action="store_true", help="only print the table from the cache")
     opts = parser.parse_args()
     opts.target = opts.sparsity
     opts.dense_from = dict(item.split("=", 1) for item in opts.dense_from)
+    opts.teacher = dict(item.split("=", 1) for item in opts.teacher)
     opts.budget = {
         task: {"train_samples": None if samples == "all" else int(samples), "epochs": float(epochs)}
         for task, spec in (item.split("=", 1) for item in opts.budget)
