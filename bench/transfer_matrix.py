@@ -39,6 +39,7 @@ from transformers import TrainerCallback
 
 from glue_tasks import get_task
 from hf_lottery import LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
+from hf_lottery.constants import LOTTERY_STATE_DIR
 from hf_lottery.training.distillation import frozen_copy
 from hf_lottery.utils.io import atomic_path
 
@@ -186,7 +187,7 @@ def cell(source: str, target: str, seed: int, opts, cache: Path) -> dict:
         if source.endswith("+kd"):
             from safetensors.torch import load_file
 
-            teacher_file = Path(opts.teacher[target]) / "lottery_state" / "trained_round_0.safetensors"
+            teacher_file = Path(opts.teacher[target]) / LOTTERY_STATE_DIR / "trained_round_0.safetensors"
             teacher = frozen_copy(model_init(), load_file(str(teacher_file)))
             overrides.update(distill_alpha=opts.distill_alpha, distill_temperature=opts.distill_temperature)
         largs = lottery_args(out, target_opts, seed=seed, **overrides)
