@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from _common import machine
 from mask_overlap import pruned_overlap
-from quality import _trained_weights, build
+from quality import build, trained_weights
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -62,7 +62,7 @@ def main() -> None:
 
     _, data, model_init, collator, _ = build(opts.task, opts.glue_dir, opts.train_samples, opts.max_len)
     model = model_init()
-    load_weights_(model, load_file(str(_trained_weights(Path(opts.cache) / opts.task / "dense_seed0", 0))))
+    load_weights_(model, load_file(str(trained_weights(Path(opts.cache) / opts.task / "dense_seed0", 0))))
     model.eval()
     dev = data["validation"]
     rows: dict[str, dict] = {"dense": {"accuracy": accuracy(model, prune(model, 0.0), dev, collator)}}

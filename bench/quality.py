@@ -291,7 +291,7 @@ def study(opts) -> None:
     report(opts)
 
 
-def _trained_weights(run: Path, r: int) -> Path:
+def trained_weights(run: Path, r: int) -> Path:
     """Round `r`'s trained weights of an IMP run: kept aside, or still in the run state (its last round)."""
     name = f"trained_round_{r}.safetensors"
     kept = run / KEPT_WEIGHTS_DIR / name
@@ -311,7 +311,7 @@ def train_level(method, r, percent, cache, opts, parts, results, save) -> None:
     metric = f"eval_{parts[0].main_metric}"
     # Round 0 is the dense run every chain starts from: a level from it is one-shot pruning of the fine-tuned model.
     run = cache / method if r else cache / "dense_seed0"
-    trained = _trained_weights(run, r)
+    trained = trained_weights(run, r)
     if not trained.exists():
         raise SystemExit(f"--level {method}={r}:{percent}: {trained} is missing; run the IMP chain to round {r}.")
     chain_mask = TicketMask(load_file(str(run / LOTTERY_STATE_DIR / f"mask_round_{r}.safetensors")))

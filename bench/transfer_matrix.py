@@ -34,12 +34,11 @@ from pathlib import Path
 
 import torch
 from _common import fit_head, machine
-from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model
+from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model, trained_weights
 from transformers import TrainerCallback
 
 from glue_tasks import get_task
 from hf_lottery import LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
-from hf_lottery.constants import LOTTERY_STATE_DIR
 from hf_lottery.training.distillation import frozen_copy
 from hf_lottery.utils.io import atomic_path
 
@@ -187,8 +186,7 @@ def cell(source: str, target: str, seed: int, opts, cache: Path) -> dict:
         if source.endswith("+kd"):
             from safetensors.torch import load_file
 
-            teacher_file = Path(opts.teacher[target]) / LOTTERY_STATE_DIR / "trained_round_0.safetensors"
-            teacher = frozen_copy(model_init(), load_file(str(teacher_file)))
+            teacher = frozen_copy(model_init(), load_file(str(trained_weights(Path(opts.teacher[target]), 0))))
             overrides.update(distill_alpha=opts.distill_alpha, distill_temperature=opts.distill_temperature)
         largs = lottery_args(out, target_opts, seed=seed, **overrides)
         history = run_trainer(out, largs, parts, mask=mask, teacher=teacher)
@@ -347,6 +345,11 @@ def main() -> None:
     opts.target = opts.sparsity
     opts.dense_from = dict(item.split("=", 1) for item in opts.dense_from)
     opts.teacher = dict(item.split("=", 1) for item in opts.teacher)
+    for task, folder in opts.teacher.items():
+        if not trained_weights(Path(folder), 0).is_file():
+            parser.error(
+                f"--teacher {task}={folder}: {trained_weights(Path(folder), 0)} is missing; pass a finished dense run of bench/quality.py (its dense_seedN folder)"
+            )
     opts.budget = {
         task: {"train_samples": None if samples == "all" else int(samples), "epochs": float(epochs)}
         for task, spec in (item.split("=", 1) for item in opts.budget)
