@@ -346,10 +346,9 @@ def main() -> None:
     opts.dense_from = dict(item.split("=", 1) for item in opts.dense_from)
     opts.teacher = dict(item.split("=", 1) for item in opts.teacher)
     for task, folder in opts.teacher.items():
-        if not trained_weights(Path(folder), 0).is_file():
-            parser.error(
-                f"--teacher {task}={folder}: {trained_weights(Path(folder), 0)} is missing; pass a finished dense run of bench/quality.py (its dense_seedN folder)"
-            )
+        weights = trained_weights(Path(folder), 0)
+        if not weights.is_file():
+            parser.error(f"--teacher {task}={folder}: {weights} is missing; pass a finished dense run of quality.py")
     opts.budget = {
         task: {"train_samples": None if samples == "all" else int(samples), "epochs": float(epochs)}
         for task, spec in (item.split("=", 1) for item in opts.budget)
