@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
     p.add_argument("--report", action="store_true", help="only write the table from the cache")
+    p.add_argument(
+        "--full-cache",
+        default=None,
+        help="with --report: read the full-IMP runs from this cache instead (another --rate, e.g. 0.1 per round)",
+    )
     p.add_argument("--output", default=None, help="results JSON (default with --report: bench/early_bird_<task>.json)")
     opts = p.parse_args(argv)
     if opts.eb_rate is None:
@@ -138,7 +143,8 @@ def report(opts: argparse.Namespace) -> dict:
     metric = "eval_accuracy"
     rows = []
     for seed in opts.seeds:
-        full_file = history_path(run_dir(opts, "full", seed, max(opts.targets)))
+        full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
+        full_file = history_path(run_dir(full_opts, "full", seed, max(opts.targets)))
         full = json.loads(full_file.read_text())["history"] if full_file.is_file() else None
         for target in sorted(opts.targets):
             eb_file = history_path(run_dir(opts, "early-bird", seed, target))
