@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="with --report: read the full-IMP runs from this cache instead (another --rate, e.g. 0.1 per round)",
     )
+    p.add_argument(
+        "--full-target",
+        type=float,
+        default=None,
+        help="with --report: the level the full-IMP runs went to (default the largest --targets)",
+    )
     p.add_argument("--output", default=None, help="results JSON (default with --report: bench/early_bird_<task>.json)")
     opts = p.parse_args(argv)
     if opts.eb_rate is None:
@@ -142,9 +148,10 @@ def level_record(history: list[dict], target: float, metric: str) -> dict | None
 def report(opts: argparse.Namespace) -> dict:
     metric = "eval_accuracy"
     rows = []
+    full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
+    full_target = opts.full_target or max(opts.targets)
     for seed in opts.seeds:
-        full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
-        full_file = history_path(run_dir(full_opts, "full", seed, max(opts.targets)))
+        full_file = history_path(run_dir(full_opts, "full", seed, full_target))
         full = json.loads(full_file.read_text())["history"] if full_file.is_file() else None
         for target in sorted(opts.targets):
             eb_file = history_path(run_dir(opts, "early-bird", seed, target))
