@@ -258,8 +258,8 @@ class LotteryArguments(TrainingArguments):
         metadata={
             "help": "Early-bird rounds: normalised Hamming distance between consecutive masks that counts as "
             "unchanged (fraction of the masked weights). 0.0007 because on all-MiniLM-L6-v2, checked every 25 "
-            "steps, 0.002 stops a round while its mask still moves (a point or more lost at 60 %), and 0.0007 kept "
-            "the one-round ticket level with full IMP at 40 % on SST-2 for 21 % of its steps (bench/RESULTS.md)."
+            "steps, 0.002 stops a round while its mask still moves (a point or more lost at high sparsity), and "
+            "0.0007 kept the one-round ticket level with full IMP on SST-2 for a fifth of its steps (bench/RESULTS.md)."
         },
     )
     early_bird_patience: int = field(
