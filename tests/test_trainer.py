@@ -299,3 +299,37 @@ def test_synflow_chooses_the_ticket_once_at_theta0(tmp_path):
 def test_hydra_runs_inside_the_trainer_with_the_train_dataloader(tmp_path):
     trainer, _, _ = run(tmp_path, pruning_method="hydra", hydra_epochs=1, target_sparsity=0.5, pruning_rate=0.5)
     assert [round(r["sparsity"], 4) for r in trainer.lottery_history] == [0.0, 0.5]
+
+
+@pytest.mark.parametrize("weights_off", [-1.0, -0.5, 0.5, 1.0])
+def test_a_mask_within_one_weight_of_the_target_trains_as_the_ticket(tmp_path, weights_off):
+    """A ticket found elsewhere (its sparsity is round(target * n) / n, rarely the target itself) trains in one
+    round; it is not pruned by one more weight in an extra round."""
+    from hf_lottery import prune
+
+    model = tiny_model()
+    ticket = prune(model, 0.5)
+    target = ticket.sparsity + weights_off / ticket.num_params
+    trainer = LotteryTrainer(
+        model=model, args=make_args(tmp_path, target_sparsity=target), train_dataset=toy_dataset(32), mask=ticket
+    )
+    trainer.train()
+    assert len(trainer.lottery_history) == 1
+    assert trainer.lottery_history[0]["sparsity"] == ticket.sparsity
+    assert trainer.ticket == ticket
+
+
+def test_a_mask_more_than_one_weight_short_of_the_target_is_pruned_on(tmp_path):
+    from hf_lottery import prune
+
+    model = tiny_model()
+    ticket = prune(model, 0.4)
+    trainer = LotteryTrainer(
+        model=model,
+        args=make_args(tmp_path, target_sparsity=ticket.sparsity + 2 / ticket.num_params),
+        train_dataset=toy_dataset(32),
+        mask=ticket,
+    )
+    trainer.train()
+    assert len(trainer.lottery_history) == 2
+    assert trainer.ticket.num_pruned == ticket.num_pruned + 2

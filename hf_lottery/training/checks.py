@@ -13,6 +13,7 @@ from typing import Any
 from ..selector import resolve_max_tensor_sparsity
 from ..ticket.fingerprint import combine_digests, tensor_digests
 from ..ticket.mask import TicketMask
+from .schedule import at_target
 
 __all__ = [
     "MAX_SCHEDULE_ROUNDS",
@@ -59,7 +60,7 @@ def as_initial_mask(mask: Any, args: Any) -> TicketMask | None:
 
     Raises:
         `TypeError`: `mask` is not a mapping of parameter names to tensors.
-        `ValueError`: `mask` is already sparser than `args.target_sparsity` (the trainer would only train it).
+        `ValueError`: `mask` is already sparser than `args.target_sparsity` by more than one weight (`at_target`).
     """
     if mask is None:
         return None
@@ -69,7 +70,7 @@ def as_initial_mask(mask: Any, args: Any) -> TicketMask | None:
             "Load one with TicketMask.from_pretrained(...) or compute it with hf_lottery.prune(model, sparsity)."
         )
     mask = mask if isinstance(mask, TicketMask) else TicketMask(mask)
-    if mask.sparsity > args.target_sparsity + 1e-9:
+    if mask.sparsity > args.target_sparsity and not at_target(mask.sparsity, mask.num_params, args.target_sparsity):
         raise ValueError(
             f"The mask is already {mask.sparsity:.2%} sparse, above target_sparsity={args.target_sparsity}: no "
             "round could reach the target. Raise target_sparsity to at least the mask's sparsity (equal: train the "

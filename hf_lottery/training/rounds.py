@@ -29,6 +29,7 @@ from .distributed import sync_mask
 from .early_bird import EarlyBird
 from .granularity import Batches, granularity_for
 from .run_state import RunState, snapshot_weights
+from .schedule import at_target
 from .sharding import unsharded
 
 logger = logging.get_logger(__name__)
@@ -124,8 +125,12 @@ class LotteryRounds:
         return mask
 
     def set_schedule(self, mask: TicketMask) -> list[float]:
-        """The schedule from `mask`'s sparsity to the target (two levels for methods that prune at θ0)."""
-        schedule = self.args.sparsity_schedule(start=round(mask.sparsity, 10))
+        """The schedule from `mask`'s sparsity to the target (two levels for methods that prune at θ0); a mask
+        within one weight of the target (`at_target`) is at it."""
+        start = mask.sparsity
+        if at_target(start, mask.num_params, self.args.target_sparsity):
+            start = self.args.target_sparsity
+        schedule = self.args.sparsity_schedule(start=round(start, 10))
         if self.prunes_at_init() and len(schedule) > 1:
             schedule = [schedule[0], schedule[-1]]
         self.schedule = schedule
