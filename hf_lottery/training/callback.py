@@ -45,6 +45,11 @@ class LotteryCallback(TrainerCallback):
       evaluated before it is pruned, so its record carries its own metrics. With early-bird rounds
       (`early_bird_interval_steps`) a level ends as soon as the mask it would produce stops changing.
 
+    At high sparsity the mask of a run without rewinding (`rewind="none"`, with `max_steps` one more than
+    `pruning_interval_steps` times the levels, so the last level is pruned as the final step begins) is a cheap
+    search for a θ0 ticket: train the pre-trained model under `callback.ticket` with
+    `LotteryTrainer(mask=callback.ticket)` (README, "At high sparsity: a gradual search, then the ticket").
+
     What one training run cannot do is refused, never done silently: `rewind="lr"` and `finetune_learning_rate`
     need a fresh optimizer and schedule per round (use [`LotteryTrainer`]).
 
