@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--full-json",
         default=None,
-        help="with --report: take the full-IMP rows (seed, level) from this committed report JSON instead of a cache",
+        help="with --report: take the full-IMP rows (seed, level) from this committed report JSON; the rows it lacks "
+        "come from the cache (--full-cache)",
     )
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
@@ -283,10 +284,9 @@ def report(opts: argparse.Namespace) -> dict:
                     record["pruned_also_by_theta0_magnitude"] = theta0_overlap(model_init, run_file.parent, seed)
             else:
                 record = level_record(found["history"], target, metric)
-            if opts.full_json:
-                full_record = committed.get((seed, round(target, 6)))
-            else:
-                full_record = level_record(full, target, metric) if full else None
+            full_record = committed.get((seed, round(target, 6)))
+            if full_record is None and full:
+                full_record = level_record(full, target, metric)
             rows.append({"seed": seed, "target": target, "full": full_record, key: record})
     lines = [
         f"| level | seed | full IMP {metric} | {candidate} | Δ (points) | steps to mask: full / {candidate} (ratio) | "

@@ -18,8 +18,13 @@ trained (a finished dense run of `bench/quality.py`), as the `-kd` methods of th
 the rows `SOURCE+kd`. The dense and random rows stay plain.
 `--sources` / `--targets` split the matrix between processes (one per core).
 
+Three MLM tickets: `mlm` (IMP on the checkpoint as it ships), `mlm-warm` (the MLM head fitted first, the encoder
+frozen, then IMP) and `mlm-gradual` (the same head fit, then gradual pruning inside one MLM run without rewinding,
+the search of `bench/early_bird.py --runs gradual`); `theta0` is θ0's own magnitude mask, no training at all.
+
     python bench/transfer_matrix.py --sparsity 0.4 --seeds 1 --sources sst2 mrpc --targets sst2 mrpc
     python bench/transfer_matrix.py --sparsity 0.4 --seeds 1 --sources mlm --targets sst2 mrpc
+    python bench/transfer_matrix.py --sparsity 0.4 --seeds 5 --sources mlm-gradual --targets mrpc --no-random
     python bench/transfer_matrix.py --report
 """
 
@@ -35,15 +40,16 @@ from pathlib import Path
 import torch
 from _common import fit_head, machine
 from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model, trained_weights
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from glue_tasks import get_task
-from hf_lottery import LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
+from hf_lottery import LotteryCallback, LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
 from hf_lottery.training.distillation import frozen_copy
-from hf_lottery.utils.io import atomic_path
+from hf_lottery.training.schedule import sparsity_schedule
+from hf_lottery.utils.io import atomic_path, write_json
 
-SOURCES = ("sst2", "mrpc", "mlm", "mlm-warm", "theta0")
-MLM_SOURCES = ("mlm", "mlm-warm")
+SOURCES = ("sst2", "mrpc", "mlm", "mlm-warm", "mlm-gradual", "theta0")
+MLM_SOURCES = ("mlm", "mlm-warm", "mlm-gradual")
 TARGETS = ("sst2", "mrpc")
 # The budgets of the quality study, whose 3 dense seeds give each target's matching threshold.
 # The MLM corpus: the same 8,000 SST-2 training sentences and every MRPC training sentence.
@@ -119,10 +125,12 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
     task, data, model_init, collator, metrics = parts
     stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source in MLM_SOURCES else None
     model = seeded_model(model_init, largs.seed)
-    if source == "mlm-warm":
+    if source in ("mlm-warm", "mlm-gradual"):
         fit_head(
             model, out, data, collator, epochs=opts.mlm_warmup_epochs, lr=opts.mlm_warmup_lr, sampling=opts.sampling
         )
+    if source == "mlm-gradual":
+        return _gradual_ticket(model, data, collator, source_opts, out, ticket_dir)
     trainer = LotteryTrainer(
         model=model,
         args=largs,
@@ -138,6 +146,48 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.ticket.save_pretrained(ticket_dir)
     return trainer.ticket
+
+
+def _gradual_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) -> TicketMask:
+    """Gradual pruning inside one MLM run (`LotteryCallback` without rewinding, as `bench/early_bird.py --runs
+    gradual` does on a task): `--gradual-rate` of the original weights every `--mlm-gradual-interval` steps, the
+    survivors training on between levels, the last level pruned as the final step begins. The mask is the weights
+    the MLM objective moves, not θ0's magnitudes alone. A stopped search starts again (its head fit is cached)."""
+    levels = len(sparsity_schedule(opts.sparsity, opts.gradual_rate)) - 1
+    steps = levels * opts.mlm_gradual_interval
+    largs = lottery_args(
+        out / "search",
+        opts,
+        seed=0,
+        target_sparsity=opts.sparsity,
+        pruning_rate=opts.gradual_rate,
+        rewind="none",
+        pruning_interval_steps=opts.mlm_gradual_interval,
+        max_steps=steps + 1,
+    )
+    callback = LotteryCallback(largs)
+    trainer = Trainer(
+        model=model,
+        args=largs,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=collator,
+        callbacks=[callback],
+    )
+    started = time.time()
+    trainer.train()
+    assert callback.ticket is not None and abs(callback.ticket.sparsity - opts.sparsity) < 0.01, callback.ticket
+    search = {
+        "steps_to_mask": steps,
+        "seconds": round(time.time() - started, 1),
+        "eval_loss_sparse": trainer.evaluate()["eval_loss"],
+        "history": callback.history,
+        "machine": machine(),
+        "load_average": os.getloadavg()[0],
+    }
+    write_json(out / "search.json", search)
+    callback.ticket.save_pretrained(ticket_dir)  # last: its folder says the ticket is found
+    return callback.ticket
 
 
 def _theta0_ticket(opts, ticket_dir: Path) -> TicketMask:
@@ -331,6 +381,13 @@ def main() -> None:
     parser.add_argument("--no-random", dest="random", action="store_false", help="skip the random-pruning controls")
     parser.add_argument("--mlm-warmup-epochs", type=float, default=1, help="mlm-warm: epochs fitting the MLM head")
     parser.add_argument("--mlm-warmup-lr", type=float, default=5e-4, help="mlm-warm: learning rate of the head fit")
+    parser.add_argument(
+        "--mlm-gradual-interval",
+        type=int,
+        default=224,
+        help="mlm-gradual: MLM optimizer steps per level (224 x 4 levels = the 896 steps of the mlm-warm IMP to 40 %%)",
+    )
+    parser.add_argument("--gradual-rate", type=float, default=0.1, help="mlm-gradual: original weights per level")
     parser.add_argument(
         "--teacher",
         nargs="*",
