@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --report: take the full-IMP rows (seed, level) from this committed report JSON; the rows it lacks "
         "come from the cache (--full-cache)",
     )
+    p.add_argument(
+        "--rows-json",
+        default=None,
+        help="with --report: a committed report JSON of the same runs; a seed whose runs the cache no longer holds "
+        "takes its rows (full IMP and the candidate) from it",
+    )
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
     p.add_argument("--report", action="store_true", help="only write the table from the cache")
@@ -264,7 +270,10 @@ def report(opts: argparse.Namespace) -> dict:
     rows = []
     full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
     full_target = opts.full_target or max(opts.targets)
-    committed = {}
+    committed, earlier_rows = {}, {}
+    if opts.rows_json:
+        for row in json.loads(Path(opts.rows_json).read_text())["rows"]:
+            earlier_rows[(row["seed"], round(row["target"], 6))] = row
     model_init = None  # built once, for the overlaps of gradual runs
     if opts.full_json:
         for row in json.loads(Path(opts.full_json).read_text())["rows"]:
@@ -287,6 +296,9 @@ def report(opts: argparse.Namespace) -> dict:
             full_record = committed.get((seed, round(target, 6)))
             if full_record is None and full:
                 full_record = level_record(full, target, metric)
+            earlier = earlier_rows.get((seed, round(target, 6)), {})
+            record = record or earlier.get(key)
+            full_record = full_record or earlier.get("full")
             rows.append({"seed": seed, "target": target, "full": full_record, key: record})
     lines = [
         f"| level | seed | full IMP {metric} | {candidate} | Δ (points) | steps to mask: full / {candidate} (ratio) | "

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 from _common import fit_head, machine
+from mask_overlap import pruned_overlap
 from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model, trained_weights
 from transformers import Trainer, TrainerCallback
 
@@ -352,6 +353,15 @@ def report(opts) -> None:
                 row.append("–")
         if any(cell != "–" for cell in row):
             print(f"| {source} | " + " | ".join(row) + " |")
+    mlm_tickets = [s for s in MLM_SOURCES if (Path(opts.cache) / f"ticket-{s}" / "ticket").is_dir()]
+    if mlm_tickets:
+        from hf_lottery import prune
+
+        model = _mlm_parts(budget("mlm", opts))[2]()
+        for source in mlm_tickets:
+            ticket = TicketMask.from_pretrained(Path(opts.cache) / f"ticket-{source}" / "ticket")
+            share = pruned_overlap(prune(model, ticket.sparsity), ticket)
+            print(f"{source}: {100 * share:.1f} % of the weights its ticket prunes are pruned by θ0's magnitude too")
 
 
 def main() -> None:
