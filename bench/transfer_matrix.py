@@ -44,7 +44,7 @@ from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_mo
 from transformers import Trainer, TrainerCallback
 
 from glue_tasks import get_task
-from hf_lottery import LotteryCallback, LotteryTrainer, TicketMask, random_pruning_like, transfer_ticket
+from hf_lottery import LotteryCallback, LotteryTrainer, TicketMask, prune, random_pruning_like, transfer_ticket
 from hf_lottery.training.distillation import frozen_copy
 from hf_lottery.training.schedule import sparsity_schedule
 from hf_lottery.utils.io import atomic_path, write_json
@@ -195,8 +195,6 @@ def _theta0_ticket(opts, ticket_dir: Path) -> TicketMask:
     """One-shot global magnitude pruning of the pre-trained weights themselves (no training): what IMP's mask would be
     if training never moved a weight. Scored on the MLM model, so it covers the encoder and not the pooler, as the MLM
     tickets do."""
-    from hf_lottery import prune
-
     model = _mlm_parts(opts)[2]()
     ticket = prune(model, opts.sparsity)
     ticket.save_pretrained(ticket_dir)
@@ -355,8 +353,6 @@ def report(opts) -> None:
             print(f"| {source} | " + " | ".join(row) + " |")
     mlm_tickets = [s for s in MLM_SOURCES if (Path(opts.cache) / f"ticket-{s}" / "ticket").is_dir()]
     if mlm_tickets:
-        from hf_lottery import prune
-
         model = _mlm_parts(budget("mlm", opts))[2]()
         for source in mlm_tickets:
             ticket = TicketMask.from_pretrained(Path(opts.cache) / f"ticket-{source}" / "ticket")
@@ -389,8 +385,12 @@ def main() -> None:
         help="another training budget for a target task, e.g. sst2=all:1 (SAMPLES 'all' = the full training set)",
     )
     parser.add_argument("--no-random", dest="random", action="store_false", help="skip the random-pruning controls")
-    parser.add_argument("--mlm-warmup-epochs", type=float, default=1, help="mlm-warm: epochs fitting the MLM head")
-    parser.add_argument("--mlm-warmup-lr", type=float, default=5e-4, help="mlm-warm: learning rate of the head fit")
+    parser.add_argument(
+        "--mlm-warmup-epochs", type=float, default=1, help="mlm-warm, mlm-gradual: epochs fitting the MLM head"
+    )
+    parser.add_argument(
+        "--mlm-warmup-lr", type=float, default=5e-4, help="mlm-warm, mlm-gradual: learning rate of the head fit"
+    )
     parser.add_argument(
         "--mlm-gradual-interval",
         type=int,
