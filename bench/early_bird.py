@@ -11,6 +11,10 @@ For one GLUE task on all-MiniLM-L6-v2 (not BERT-base) and each seed:
                 steps, the weights training on between levels, one linear learning-rate decay over the run); the
                 ticket then trains from θ0 under that mask, as full IMP's last round does
                 (`--gradual-interval 0`: the control without search, θ0's own magnitude mask)
+  hydra       - one run per level: round 0 trains `--hydra-warm-steps` steps only, then HYDRA learns the mask on
+                those weights for `--hydra-epochs` passes over the training data (scores trained, weights frozen;
+                these steps count as the search's too), one shot to the level; the ticket then trains from θ0
+                under that mask, as for gradual
 Both rewind the same way (`--rewind`, default θ0: the ticket is then judged by its mask alone). A level's *cost* is
 the optimizer steps spent before its final round (what finding the mask took: `total_steps` of the round before)
 and the total with the final round; the table compares the early-bird ticket's dev metric and cost to full IMP's
@@ -30,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import time
 from pathlib import Path
 
 from _common import machine
@@ -42,7 +48,8 @@ from hf_lottery import LotteryCallback, TicketMask, prune
 from hf_lottery.training.schedule import sparsity_schedule
 from hf_lottery.utils.io import load_tensors, save_tensors, write_json
 
-RUNS = ("full", "early-bird", "gradual")
+RUNS = ("full", "early-bird", "gradual", "hydra")
+CANDIDATES = ("hydra", "gradual", "early-bird")  # the one --report compares to full IMP: the first in --runs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --report: a committed report JSON of the same runs; a seed whose runs the cache no longer holds "
         "takes its rows (full IMP and the candidate) from it",
     )
+    p.add_argument(
+        "--hydra-warm-steps", type=int, default=115, help="hydra runs: optimizer steps of round 0 before the scores"
+    )
+    p.add_argument("--hydra-epochs", type=int, default=2, help="hydra runs: passes over the data learning the scores")
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
     p.add_argument("--report", action="store_true", help="only write the table from the cache")
@@ -119,6 +130,8 @@ def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Pat
     if run == "gradual":
         name = "theta0-magnitude" if opts.gradual_interval == 0 else f"{name}-every{opts.gradual_interval}"
         name += f"-rate{opts.gradual_rate:g}"
+    if run == "hydra":
+        name += f"-warm{opts.hydra_warm_steps}-epochs{opts.hydra_epochs}"
     if run == "early-bird":
         for key, default in EARLY_BIRD_DEFAULTS.items():
             value, label = getattr(opts, key), FOLDER_LABELS.get(key, key)
@@ -150,15 +163,16 @@ def study(opts: argparse.Namespace) -> None:
                 early_bird_round0=not opts.full_round0,
             )
             jobs += [("early-bird", target, eb) for target in sorted(opts.targets)]
-        if "gradual" in opts.runs:
-            jobs += [("gradual", target, {}) for target in sorted(opts.targets)]
+        for run in ("gradual", "hydra"):
+            if run in opts.runs:
+                jobs += [(run, target, {}) for target in sorted(opts.targets)]
         for run, target, extra in jobs:
             out = run_dir(opts, run, seed, target)
             if history_path(out).is_file():
                 continue
             print(f"[early_bird] {opts.task} {run} to {target:.0%} seed {seed}", flush=True)
-            if run == "gradual":
-                gradual(opts, out, seed, target, parts)
+            if run in ("gradual", "hydra"):
+                searched(opts, run, out, seed, target, parts)
                 continue
             rate = opts.rate if run == "full" else opts.eb_rate
             largs = lottery_args(out, quality_opts(opts, target, rate), 42 + seed, rewind=opts.rewind, **extra)
@@ -171,29 +185,16 @@ def study(opts: argparse.Namespace) -> None:
 SEARCH_MASK = "mask.safetensors"
 
 
-def gradual(opts: argparse.Namespace, out: Path, seed: int, target: float, parts) -> None:
-    """Find the mask with `LotteryCallback` inside one run (no rewinding), then train the ticket from θ0 under it.
-
-    The search run has `levels * --gradual-interval + 1` optimizer steps: the last level is pruned as the final step
-    begins, so the mask costs `levels * --gradual-interval` steps. It resumes from its saved mask (a stopped search
-    restarts); the ticket's run resumes from its own lottery state.
-    """
-    _, data, model_init, collator, _ = parts
+def searched(opts: argparse.Namespace, run: str, out: Path, seed: int, target: float, parts) -> None:
+    """Find the mask (`gradual_mask` or `hydra_mask`), then train the ticket from θ0 under it. A search resumes from
+    its saved mask (a stopped search restarts); the ticket's run resumes from its own lottery state."""
     search_dir, ticket_dir = out / "search", out / "ticket"
     mask_file = search_dir / SEARCH_MASK
     seed_value = 42 + seed
-    levels = len(sparsity_schedule(target, opts.gradual_rate)) - 1
-    steps_to_mask = levels * opts.gradual_interval
-    if not mask_file.is_file() and opts.gradual_interval == 0:  # the control: no search, θ0's own magnitude mask
-        ticket = prune(seeded_model(model_init, seed_value), target)
-        write_json(search_dir / "search.json", {"history": [], "sparsity": ticket.sparsity})
-        save_tensors(mask_file, ticket.to_dict())
-    elif not mask_file.is_file():
-        model = seeded_model(model_init, seed_value)
-        ticket, history, _ = gradual_search(
-            model, search_dir, opts, seed_value, target, opts.gradual_interval, data, collator
-        )
-        write_json(search_dir / "search.json", {"history": history, "sparsity": ticket.sparsity})
+    if not mask_file.is_file():
+        find = gradual_mask if run == "gradual" else hydra_mask
+        ticket, search = find(opts, search_dir, seed_value, target, parts)
+        write_json(search_dir / "search.json", {**search, "sparsity": ticket.sparsity})
         save_tensors(mask_file, ticket.to_dict())  # last: its presence says the search is done
     mask = TicketMask(load_tensors(mask_file))
     search = json.loads((search_dir / "search.json").read_text())
@@ -201,14 +202,55 @@ def gradual(opts: argparse.Namespace, out: Path, seed: int, target: float, parts
         ticket_dir, quality_opts(opts, target, opts.rate), seed_value, target_sparsity=round(mask.sparsity, 10)
     )
     history = run_trainer(ticket_dir, largs, parts, mask=mask)
+    steps_to_mask = search.get("steps_to_mask")
+    if steps_to_mask is None:  # searches recorded before the field: gradual's levels × interval
+        steps_to_mask = (len(sparsity_schedule(target, opts.gradual_rate)) - 1) * opts.gradual_interval
     result = {
         "machine": machine(),
         "steps_to_mask": steps_to_mask,
-        "search_seconds": sum(r.get("seconds", 0.0) for r in search["history"]),
+        "search_seconds": search.get("seconds", sum(r.get("seconds", 0.0) for r in search["history"])),
         "search": search["history"],
         "history": history,
     }
     write_json(history_path(out), result)
+
+
+def gradual_mask(opts: argparse.Namespace, out: Path, seed: int, target: float, parts) -> tuple[TicketMask, dict]:
+    """The gradual search's mask (`gradual_search`); `--gradual-interval 0` is the control without search, θ0's own
+    magnitude mask. The search run has `levels * --gradual-interval + 1` optimizer steps: the last level is pruned
+    as the final step begins, so the mask costs `levels * --gradual-interval` steps."""
+    _, data, model_init, collator, _ = parts
+    model = seeded_model(model_init, seed)
+    if opts.gradual_interval == 0:
+        return prune(model, target), {"history": [], "steps_to_mask": 0}
+    ticket, history, _ = gradual_search(model, out, opts, seed, target, opts.gradual_interval, data, collator)
+    steps = (len(sparsity_schedule(target, opts.gradual_rate)) - 1) * opts.gradual_interval
+    return ticket, {"history": history, "steps_to_mask": steps}
+
+
+def hydra_mask(opts: argparse.Namespace, out: Path, seed: int, target: float, parts) -> tuple[TicketMask, dict]:
+    """Train round 0 for `--hydra-warm-steps` steps (the learning-rate schedule of a round that long), then learn
+    HYDRA scores on those weights for `--hydra-epochs` passes and prune once to `target`. Every score step is a
+    forward and backward pass over a batch, so the mask costs the warm steps plus the score steps."""
+    _, data, model_init, collator, _ = parts
+    started = time.time()
+    model = seeded_model(model_init, seed)
+    largs = lottery_args(
+        out, quality_opts(opts, target, opts.rate), seed, rewind="none", max_steps=opts.hydra_warm_steps
+    )
+    trainer = Trainer(model=model, args=largs, train_dataset=data["train"], data_collator=collator)
+    trainer.train()
+    batches = trainer.get_train_dataloader()
+    ticket = prune(model, target, method="hydra", dataloader=batches, epochs=opts.hydra_epochs, seed=seed)
+    search = {
+        "history": [],
+        "warm_steps": opts.hydra_warm_steps,
+        "score_steps": opts.hydra_epochs * len(batches),
+        "steps_to_mask": opts.hydra_warm_steps + opts.hydra_epochs * len(batches),
+        "seconds": round(time.time() - started, 1),
+        "load_average": os.getloadavg()[0],
+    }
+    return ticket, search
 
 
 def gradual_search(
@@ -286,7 +328,7 @@ def committed_rows(path: str | None) -> dict[tuple[int, float], dict]:
 def report(opts: argparse.Namespace) -> dict:
     """The table of the candidate runs (gradual if `--runs` names it, else early-bird) against full IMP."""
     metric = "eval_accuracy"
-    candidate = "gradual" if "gradual" in opts.runs else "early-bird"
+    candidate = next(run for run in CANDIDATES if run in opts.runs or run == "early-bird")
     key = candidate.replace("-", "_")
     rows = []
     full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
@@ -301,7 +343,7 @@ def report(opts: argparse.Namespace) -> dict:
             found = json.loads(run_file.read_text()) if run_file.is_file() else None
             if found is None:
                 record = None
-            elif candidate == "gradual":
+            elif candidate in ("gradual", "hydra"):
                 record = gradual_record(found, target, metric)
                 if record is not None:
                     model_init = model_init or build(opts.task, opts.glue_dir, opts.train_samples, opts.max_len)[2]
@@ -317,8 +359,8 @@ def report(opts: argparse.Namespace) -> dict:
     lines = [
         f"| level | seed | full IMP {metric} | {candidate} | Δ (points) | steps to mask: full / {candidate} (ratio) | "
         f"total steps: full / {candidate} (ratio) |"
-        + (" pruned also by θ0's magnitude |" if key == "gradual" else ""),
-        "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if key == "gradual" else ""),
+        + (" pruned also by θ0's magnitude |" if key in ("gradual", "hydra") else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if key in ("gradual", "hydra") else ""),
     ]
     for r in rows:
         f, e = r["full"], r[key]
@@ -330,7 +372,7 @@ def report(opts: argparse.Namespace) -> dict:
             f"| {r['target']:.0%} | {r['seed']} | {_m(f)} | {_m(e)} | {delta:+.2f} | "
             f"{f['steps_to_mask']} / {e['steps_to_mask']} ({e['steps_to_mask'] / max(f['steps_to_mask'], 1):.2f}) | "
             f"{f['total_steps']} / {e['total_steps']} ({e['total_steps'] / f['total_steps']:.2f}) |"
-            + (f" {100 * e['pruned_also_by_theta0_magnitude']:.1f} % |" if key == "gradual" else "")
+            + (f" {100 * e['pruned_also_by_theta0_magnitude']:.1f} % |" if key in ("gradual", "hydra") else "")
         )
     for target in sorted(opts.targets):
         deltas = [

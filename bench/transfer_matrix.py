@@ -18,9 +18,11 @@ trained (a finished dense run of `bench/quality.py`), as the `-kd` methods of th
 the rows `SOURCE+kd`. The dense and random rows stay plain.
 `--sources` / `--targets` split the matrix between processes (one per core).
 
-Three MLM tickets: `mlm` (IMP on the checkpoint as it ships), `mlm-warm` (the MLM head fitted first, the encoder
-frozen, then IMP) and `mlm-gradual` (the same head fit, then gradual pruning inside one MLM run without rewinding,
-the search of `bench/early_bird.py --runs gradual`); `theta0` is θ0's own magnitude mask, no training at all.
+Four MLM tickets: `mlm` (IMP on the checkpoint as it ships), `mlm-warm` (the MLM head fitted first, the encoder
+frozen, then IMP), `mlm-gradual` (the same head fit, then gradual pruning inside one MLM run without rewinding,
+the search of `bench/early_bird.py --runs gradual`) and `mlm-hydra` (the same head fit, then HYDRA scores learned on
+the MLM objective over the frozen θ0 encoder, one shot to `--sparsity`: the mask that keeps θ0's MLM loss lowest,
+not θ0's largest weights); `theta0` is θ0's own magnitude mask, no training at all.
 
     python bench/transfer_matrix.py --sparsity 0.4 --seeds 1 --sources sst2 mrpc --targets sst2 mrpc
     python bench/transfer_matrix.py --sparsity 0.4 --seeds 1 --sources mlm --targets sst2 mrpc
@@ -42,15 +44,15 @@ from _common import fit_head, machine
 from early_bird import gradual_search
 from mask_overlap import pruned_overlap
 from quality import build, lottery_args, run_trainer, seed_from_dense, seeded_model, trained_weights
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from glue_tasks import get_task
 from hf_lottery import LotteryTrainer, TicketMask, prune, random_pruning_like, transfer_ticket
 from hf_lottery.training.distillation import frozen_copy
 from hf_lottery.utils.io import atomic_path, write_json
 
-SOURCES = ("sst2", "mrpc", "mlm", "mlm-warm", "mlm-gradual", "theta0")
-MLM_SOURCES = ("mlm", "mlm-warm", "mlm-gradual")
+SOURCES = ("sst2", "mrpc", "mlm", "mlm-warm", "mlm-gradual", "mlm-hydra", "theta0")
+MLM_SOURCES = ("mlm", "mlm-warm", "mlm-gradual", "mlm-hydra")
 TARGETS = ("sst2", "mrpc")
 # The budgets of the quality study, whose 3 dense seeds give each target's matching threshold.
 # The MLM corpus: the same 8,000 SST-2 training sentences and every MRPC training sentence.
@@ -130,12 +132,14 @@ def find_ticket(source: str, opts, cache: Path) -> TicketMask:
         parts = build(source, opts.glue_dir, source_opts.train_samples, opts.max_len)
     task, data, model_init, collator, metrics = parts
     model = seeded_model(model_init, 0)
-    if source in ("mlm-warm", "mlm-gradual"):
+    if source in ("mlm-warm", "mlm-gradual", "mlm-hydra"):
         fit_head(
             model, out, data, collator, epochs=opts.mlm_warmup_epochs, lr=opts.mlm_warmup_lr, sampling=opts.sampling
         )
     if source == "mlm-gradual":
         return _gradual_ticket(model, data, collator, source_opts, out, ticket_dir)
+    if source == "mlm-hydra":
+        return _hydra_ticket(model, data, collator, source_opts, out, ticket_dir)
     largs = lottery_args(out, source_opts, seed=0, target_sparsity=opts.sparsity, pruning_rate=opts.rate)
     if source in opts.dense_from:
         seed_from_dense(Path(opts.dense_from[source]), out, largs.sparsity_schedule(), distills=False)
@@ -171,6 +175,44 @@ def _gradual_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) ->
         "seconds": round(time.time() - started, 1),
         "eval_loss_sparse": trainer.evaluate()["eval_loss"],
         "history": history,
+        "machine": machine(),
+        "load_average": os.getloadavg()[0],
+    }
+    write_json(out / "search.json", search)
+    ticket.save_pretrained(ticket_dir)  # last: its folder says the ticket is found
+    return ticket
+
+
+def _hydra_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) -> TicketMask:
+    """HYDRA on the MLM objective: scores over the frozen θ0 encoder (under the fitted head), learned for
+    `--mlm-hydra-epochs` passes over the corpus, one shot to `--sparsity`. `search.json` records the held-out MLM
+    loss of θ0 dense, under θ0's magnitude mask and under the HYDRA mask (each mask on θ0, no retraining)."""
+    started = time.time()
+    largs = lottery_args(out / "hydra", opts, seed=0, target_sparsity=opts.sparsity)
+    trainer = Trainer(
+        model=model, args=largs, train_dataset=data["train"], eval_dataset=data["validation"], data_collator=collator
+    )
+    ticket = prune(
+        model,
+        opts.sparsity,
+        method="hydra",
+        dataloader=trainer.get_train_dataloader(),
+        epochs=opts.mlm_hydra_epochs,
+        seed=0,
+    )
+    seconds = time.time() - started
+    theta0 = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    losses = {}
+    for name, mask in (("dense", None), ("theta0_magnitude", prune(model, opts.sparsity)), ("hydra", ticket)):
+        if mask is not None:
+            mask.apply_(model)
+        losses[name] = trainer.evaluate()["eval_loss"]
+        model.load_state_dict(theta0)
+    search = {
+        "epochs": opts.mlm_hydra_epochs,
+        "steps_to_mask": opts.mlm_hydra_epochs * len(trainer.get_train_dataloader()),
+        "seconds": round(seconds, 1),
+        "eval_loss": losses,
         "machine": machine(),
         "load_average": os.getloadavg()[0],
     }
@@ -373,10 +415,16 @@ def main() -> None:
     )
     parser.add_argument("--no-random", dest="random", action="store_false", help="skip the random-pruning controls")
     parser.add_argument(
-        "--mlm-warmup-epochs", type=float, default=1, help="mlm-warm, mlm-gradual: epochs fitting the MLM head"
+        "--mlm-warmup-epochs",
+        type=float,
+        default=1,
+        help="mlm-warm, mlm-gradual, mlm-hydra: epochs fitting the MLM head",
     )
     parser.add_argument(
-        "--mlm-warmup-lr", type=float, default=5e-4, help="mlm-warm, mlm-gradual: learning rate of the head fit"
+        "--mlm-warmup-lr",
+        type=float,
+        default=5e-4,
+        help="mlm-warm, mlm-gradual, mlm-hydra: learning rate of the head fit",
     )
     parser.add_argument(
         "--mlm-gradual-interval",
@@ -385,6 +433,9 @@ def main() -> None:
         help="mlm-gradual: MLM optimizer steps per level (224 x 4 levels = the 896 steps of the mlm-warm IMP to 40 %%)",
     )
     parser.add_argument("--gradual-rate", type=float, default=0.1, help="mlm-gradual: original weights per level")
+    parser.add_argument(
+        "--mlm-hydra-epochs", type=int, default=1, help="mlm-hydra: passes over the corpus learning the scores"
+    )
     parser.add_argument(
         "--teacher",
         nargs="*",
