@@ -87,6 +87,42 @@ def test_gradual_imp_rewinds_to_pretrained(tmp_path):
             assert torch.equal(value, expected)
 
 
+def test_hydra_search_after_a_short_round_then_ticket_from_theta0(tmp_path):
+    """The cheap recipe on a small task: train round 0 briefly, learn HYDRA scores on those weights (frozen), prune
+    once, then train the ticket from θ0 under that mask with `LotteryTrainer(mask=...)`."""
+    torch.manual_seed(0)
+    warm_model = tiny_model()
+    theta0 = {n: p.detach().clone() for n, p in warm_model.named_parameters()}
+    warm = Trainer(model=warm_model, args=train_args(tmp_path / "warm", max_steps=4), train_dataset=toy_dataset(64))
+    warm.train()
+    warmed = {n: p.detach().clone() for n, p in warm_model.named_parameters()}
+    ticket = prune(warm_model, 0.5, method="hydra", dataloader=warm.get_train_dataloader(), epochs=2, seed=0)
+    assert ticket.num_pruned == round(0.5 * ticket.num_params)
+    assert ticket != prune(warm_model, 0.5)  # the scores moved off the magnitude order they start from
+    for name, value in warm_model.named_parameters():  # scoring never touches the weights
+        assert torch.equal(value, warmed[name]), name
+
+    model = tiny_model()  # θ0 again
+    started = {}
+
+    class AtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            started.update({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    trainer = LotteryTrainer(
+        model=model,
+        args=lottery_args(tmp_path / "ticket", target_sparsity=0.5, **TRAIN),
+        train_dataset=toy_dataset(64),
+        mask=ticket,
+        callbacks=[AtStart()],
+    )
+    trainer.train()
+    assert [(h["round"], h["sparsity"]) for h in trainer.lottery_history] == [(0, pytest.approx(0.5))]
+    for name, m in ticket.items():  # θ0 under the HYDRA mask, not the warm weights
+        assert torch.equal(started[name], theta0[name] * m), name
+        assert torch.count_nonzero(dict(model.named_parameters())[name][~m]) == 0
+
+
 def test_lr_rewinding_needs_the_trainer(tmp_path):
     with pytest.raises(ValueError, match="LotteryTrainer"):
         LotteryCallback(lottery_args(tmp_path, rewind="lr"))
