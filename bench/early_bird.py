@@ -49,7 +49,7 @@ from hf_lottery.training.schedule import sparsity_schedule
 from hf_lottery.utils.io import load_tensors, save_tensors, write_json
 
 RUNS = ("full", "early-bird", "gradual", "hydra")
-CANDIDATES = ("hydra", "gradual", "early-bird")  # the one --report compares to full IMP: the first in --runs
+SEARCHES = ("hydra", "gradual")  # --report compares the first of these in --runs to full IMP, else early-bird
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,7 +163,7 @@ def study(opts: argparse.Namespace) -> None:
                 early_bird_round0=not opts.full_round0,
             )
             jobs += [("early-bird", target, eb) for target in sorted(opts.targets)]
-        for run in ("gradual", "hydra"):
+        for run in SEARCHES:
             if run in opts.runs:
                 jobs += [(run, target, {}) for target in sorted(opts.targets)]
         for run, target, extra in jobs:
@@ -171,7 +171,7 @@ def study(opts: argparse.Namespace) -> None:
             if history_path(out).is_file():
                 continue
             print(f"[early_bird] {opts.task} {run} to {target:.0%} seed {seed}", flush=True)
-            if run in ("gradual", "hydra"):
+            if run in SEARCHES:
                 searched(opts, run, out, seed, target, parts)
                 continue
             rate = opts.rate if run == "full" else opts.eb_rate
@@ -235,9 +235,7 @@ def hydra_mask(opts: argparse.Namespace, out: Path, seed: int, target: float, pa
     _, data, model_init, collator, _ = parts
     started = time.time()
     model = seeded_model(model_init, seed)
-    largs = lottery_args(
-        out, quality_opts(opts, target, opts.rate), seed, rewind="none", max_steps=opts.hydra_warm_steps
-    )
+    largs = lottery_args(out, quality_opts(opts, target, opts.rate), seed, max_steps=opts.hydra_warm_steps)
     trainer = Trainer(model=model, args=largs, train_dataset=data["train"], data_collator=collator)
     trainer.train()
     batches = trainer.get_train_dataloader()
@@ -284,7 +282,7 @@ def gradual_search(
 
 
 def gradual_record(result: dict, target: float, metric: str) -> dict | None:
-    """`level_record`'s fields for a gradual run: the ticket's metric, the search's steps before it."""
+    """`level_record`'s fields for a searched run (gradual, hydra): the ticket's metric, the search's steps."""
     ticket = result["history"][-1]
     if abs(ticket["sparsity"] - target) > 0.01:
         return None
@@ -326,9 +324,9 @@ def committed_rows(path: str | None) -> dict[tuple[int, float], dict]:
 
 
 def report(opts: argparse.Namespace) -> dict:
-    """The table of the candidate runs (gradual if `--runs` names it, else early-bird) against full IMP."""
+    """The table of the candidate runs (hydra or gradual if `--runs` names it, else early-bird) against full IMP."""
     metric = "eval_accuracy"
-    candidate = next(run for run in CANDIDATES if run in opts.runs or run == "early-bird")
+    candidate = next((run for run in SEARCHES if run in opts.runs), "early-bird")
     key = candidate.replace("-", "_")
     rows = []
     full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
@@ -343,7 +341,7 @@ def report(opts: argparse.Namespace) -> dict:
             found = json.loads(run_file.read_text()) if run_file.is_file() else None
             if found is None:
                 record = None
-            elif candidate in ("gradual", "hydra"):
+            elif candidate in SEARCHES:
                 record = gradual_record(found, target, metric)
                 if record is not None:
                     model_init = model_init or build(opts.task, opts.glue_dir, opts.train_samples, opts.max_len)[2]
@@ -359,8 +357,8 @@ def report(opts: argparse.Namespace) -> dict:
     lines = [
         f"| level | seed | full IMP {metric} | {candidate} | Δ (points) | steps to mask: full / {candidate} (ratio) | "
         f"total steps: full / {candidate} (ratio) |"
-        + (" pruned also by θ0's magnitude |" if key in ("gradual", "hydra") else ""),
-        "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if key in ("gradual", "hydra") else ""),
+        + (" pruned also by θ0's magnitude |" if candidate in SEARCHES else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if candidate in SEARCHES else ""),
     ]
     for r in rows:
         f, e = r["full"], r[key]
@@ -372,7 +370,7 @@ def report(opts: argparse.Namespace) -> dict:
             f"| {r['target']:.0%} | {r['seed']} | {_m(f)} | {_m(e)} | {delta:+.2f} | "
             f"{f['steps_to_mask']} / {e['steps_to_mask']} ({e['steps_to_mask'] / max(f['steps_to_mask'], 1):.2f}) | "
             f"{f['total_steps']} / {e['total_steps']} ({e['total_steps'] / f['total_steps']:.2f}) |"
-            + (f" {100 * e['pruned_also_by_theta0_magnitude']:.1f} % |" if key in ("gradual", "hydra") else "")
+            + (f" {100 * e['pruned_also_by_theta0_magnitude']:.1f} % |" if candidate in SEARCHES else "")
         )
     for target in sorted(opts.targets):
         deltas = [

@@ -175,12 +175,8 @@ def _gradual_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) ->
         "seconds": round(time.time() - started, 1),
         "eval_loss_sparse": trainer.evaluate()["eval_loss"],
         "history": history,
-        "machine": machine(),
-        "load_average": os.getloadavg()[0],
     }
-    write_json(out / "search.json", search)
-    ticket.save_pretrained(ticket_dir)  # last: its folder says the ticket is found
-    return ticket
+    return _save_search(search, ticket, out, ticket_dir)
 
 
 def _hydra_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) -> TicketMask:
@@ -192,14 +188,8 @@ def _hydra_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) -> T
     trainer = Trainer(
         model=model, args=largs, train_dataset=data["train"], eval_dataset=data["validation"], data_collator=collator
     )
-    ticket = prune(
-        model,
-        opts.sparsity,
-        method="hydra",
-        dataloader=trainer.get_train_dataloader(),
-        epochs=opts.mlm_hydra_epochs,
-        seed=0,
-    )
+    batches = trainer.get_train_dataloader()
+    ticket = prune(model, opts.sparsity, method="hydra", dataloader=batches, epochs=opts.mlm_hydra_epochs, seed=0)
     seconds = time.time() - started
     theta0 = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     losses = {}
@@ -210,13 +200,16 @@ def _hydra_ticket(model, data, collator, opts, out: Path, ticket_dir: Path) -> T
         model.load_state_dict(theta0)
     search = {
         "epochs": opts.mlm_hydra_epochs,
-        "steps_to_mask": opts.mlm_hydra_epochs * len(trainer.get_train_dataloader()),
+        "steps_to_mask": opts.mlm_hydra_epochs * len(batches),
         "seconds": round(seconds, 1),
         "eval_loss": losses,
-        "machine": machine(),
-        "load_average": os.getloadavg()[0],
     }
-    write_json(out / "search.json", search)
+    return _save_search(search, ticket, out, ticket_dir)
+
+
+def _save_search(search: dict, ticket: TicketMask, out: Path, ticket_dir: Path) -> TicketMask:
+    """Write a search's record (with the machine and load) to `out/search.json`, then the ticket."""
+    write_json(out / "search.json", {**search, "machine": machine(), "load_average": os.getloadavg()[0]})
     ticket.save_pretrained(ticket_dir)  # last: its folder says the ticket is found
     return ticket
 
