@@ -233,6 +233,87 @@ def test_resume_without_state_fails_clearly(tmp_path):
         trainer.train(resume_from_checkpoint=True)
 
 
+def _resume(folder, **overrides):
+    trainer = LotteryTrainer(
+        model=tiny_model(seed=99),  # weights come from the saved state, not from this model
+        args=make_args(folder, **overrides),
+        train_dataset=toy_dataset(64),
+        eval_dataset=toy_dataset(32, seed=1),
+        compute_metrics=accuracy,
+    )
+    trainer.train(resume_from_checkpoint=True)
+    return trainer
+
+
+def _strip_timing(history):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_loss")} for r in history]
+
+
+def test_raising_target_sparsity_extends_a_finished_run_to_the_fresh_runs_ticket(tmp_path):
+    """A finished 50 % run resumed with target 75 % trains round 3 only, and ends where a 75 % run would."""
+    per_round = dict(pruning_rate=0.25, pruning_rate_of="original")
+    reference, _, _ = run(tmp_path / "ref", target_sparsity=0.75, **per_round)
+    finished, _, _ = run(tmp_path / "ext", target_sparsity=0.5, **per_round)
+    assert [r["round"] for r in finished.lottery_history] == [0, 1, 2]
+
+    extended = _resume(tmp_path / "ext", target_sparsity=0.75, **per_round)
+    assert [r["round"] for r in extended.lottery_history] == [0, 1, 2, 3]
+    assert extended.ticket == reference.ticket
+    assert extended.ticket.sparsity == pytest.approx(0.75, abs=1e-3)
+    # rounds 0-2 are the finished run's records, kept as they were (seconds included)
+    assert extended.lottery_history[:3] == finished.lottery_history
+    assert _strip_timing(extended.lottery_history) == _strip_timing(reference.lottery_history)
+    _assert_equal_weights(snapshot_weights(extended.model), snapshot_weights(reference.model))
+    state = json.loads((tmp_path / "ext" / "run" / "lottery_state" / "state.json").read_text())
+    assert state["schedule"] == pytest.approx([0.0, 0.25, 0.5, 0.75])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(target_sparsity=0.25, pruning_rate_of="original"),  # lower: the rounds trained went past it
+        dict(target_sparsity=0.75, pruning_rate=0.3, pruning_rate_of="original"),  # another path to the target
+        dict(target_sparsity=0.5, pruning_rate_of="remaining"),
+    ],
+)
+def test_resume_refuses_a_schedule_that_does_not_extend_the_saved_one(tmp_path, change):
+    run(tmp_path, target_sparsity=0.5, pruning_rate_of="original")
+    state_file = tmp_path / "run" / "lottery_state" / "state.json"
+    before = state_file.read_bytes()
+    with pytest.raises(ValueError, match="raise only target_sparsity to extend it"):
+        _resume(tmp_path, **change)
+    assert state_file.read_bytes() == before
+
+
+def test_method_that_prunes_at_theta0_resumes_with_a_rate_below_the_target_but_never_extends(tmp_path):
+    """SynFlow's schedule is (dense, target) whatever the rate: a killed run resumes to the uninterrupted ticket
+    (it used to be refused, its saved schedule compared with the rate's levels); a higher target is refused, the
+    ticket was chosen once at θ0."""
+    overrides = dict(pruning_method="synflow", target_sparsity=0.6, pruning_rate=0.2)
+    overrides.update(save_strategy="steps", save_steps=2)
+    reference, _, _ = run(tmp_path / "ref", **overrides)
+    assert [r["sparsity"] for r in reference.lottery_history] == pytest.approx([0.0, 0.6], abs=1e-3)
+
+    ref = [None]
+    killed = LotteryTrainer(
+        model=tiny_model(seed=1),
+        args=make_args(tmp_path / "killed", **overrides),
+        train_dataset=toy_dataset(64),
+        eval_dataset=toy_dataset(32, seed=1),
+        compute_metrics=accuracy,
+        callbacks=[KillAt(ref, 1, 1)],
+    )
+    ref[0] = killed
+    with pytest.raises(Interrupt):
+        killed.train()
+    resumed = _resume(tmp_path / "killed", **overrides)
+    assert resumed.ticket == reference.ticket
+    assert _strip_timing(resumed.lottery_history) == _strip_timing(reference.lottery_history)
+
+    with pytest.raises(ValueError, match="give \\[0.0, 0.8\\]"):
+        _resume(tmp_path / "killed", **{**overrides, "target_sparsity": 0.8})
+
+
 def test_save_model_folder_loads_vanilla_and_keeps_its_mask_when_handed_back(tmp_path):
     from transformers import AutoModelForSequenceClassification
 

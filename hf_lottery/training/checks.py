@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from transformers.utils import logging
+
 from ..selector import resolve_max_tensor_sparsity
 from ..ticket.fingerprint import combine_digests, tensor_digests
 from ..ticket.mask import TicketMask
@@ -19,16 +21,18 @@ __all__ = [
     "MAX_SCHEDULE_ROUNDS",
     "as_initial_mask",
     "check_datasets",
-    "check_resumed_schedule",
     "check_resumed_settings",
     "check_run_settings",
     "check_target_reachable",
+    "resumed_schedule",
     "ticket_settings",
 ]
 
 # The most IMP rounds a run may schedule: far beyond any sensible run (20 rounds of 20% reach 98.8% sparsity), and
 # a bound on the schedule's size before it is built (pruning_rate=1e-9 would ask for a billion rounds).
 MAX_SCHEDULE_ROUNDS = 1000
+
+logger = logging.get_logger(__name__)
 
 
 def _is_empty(dataset: Any) -> bool:
@@ -79,15 +83,37 @@ def as_initial_mask(mask: Any, args: Any) -> TicketMask | None:
     return mask
 
 
-def check_resumed_schedule(saved: list[float], args: Any) -> None:
-    """Refuse to resume a run with lottery settings that give another sparsity schedule than the saved one."""
-    current = args.sparsity_schedule(start=saved[0]) if saved else []
-    if len(current) != len(saved) or any(abs(a - b) > 1e-9 for a, b in zip(current, saved)):
-        raise ValueError(
-            f"The run in {args.output_dir} was started with the sparsity schedule {saved}, but these LotteryArguments "
-            f"(target_sparsity, pruning_rate, pruning_rate_of) give {current}. Resume with the settings the run "
-            "started with, or start a new run in another output_dir."
+def resumed_schedule(
+    saved: list[float], planned: list[float], output_dir: str | None, extendable: bool = True
+) -> list[float]:
+    """The schedule a resumed run goes on with: the saved one, or `planned` when it extends the saved one.
+
+    `planned` is the schedule these arguments give from the saved start. A planned schedule that begins with every
+    saved level and goes further (a higher `target_sparsity`) continues the run to the new target: the rounds
+    already trained are kept, as open_lth keeps its levels when asked for more. Any other difference is refused,
+    and so is every difference when not `extendable` (a method that prunes at θ0 chose its one ticket at the start).
+    """
+    if _same_levels(saved, planned):
+        return saved
+    if extendable and len(planned) > len(saved) and _same_levels(saved, planned[: len(saved)]):
+        logger.info(
+            "Extending the lottery run in %s from %.1f%% to %.1f%% sparsity: rounds 0-%d are kept.",
+            output_dir,
+            100 * saved[-1],
+            100 * planned[-1],
+            len(saved) - 1,
         )
+        return planned
+    raise ValueError(
+        f"The run in {output_dir} was started with the sparsity schedule {saved}, but these LotteryArguments "
+        f"(target_sparsity, pruning_rate, pruning_rate_of, pruning_method) give {planned}. Resume with the settings "
+        "the run started with, raise only target_sparsity to extend it (same pruning_rate and pruning_rate_of), "
+        "or start a new run in another output_dir."
+    )
+
+
+def _same_levels(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= 1e-9 for x, y in zip(a, b))
 
 
 # Fields of LotteryArguments that must hold integers (a JSON config may give 100.0, or 1e2).

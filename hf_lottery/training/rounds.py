@@ -130,10 +130,15 @@ class LotteryRounds:
         start = mask.sparsity
         if at_target(start, mask.num_params, self.args.target_sparsity):
             start = self.args.target_sparsity
-        schedule = self.args.sparsity_schedule(start=round(start, 10))
+        self.schedule = self.planned_schedule(round(start, 10))
+        return self.schedule
+
+    def planned_schedule(self, start: float) -> list[float]:
+        """The levels these arguments give from `start`: every level of `args.sparsity_schedule`, or only the
+        start and the target for a method that prunes at θ0."""
+        schedule = self.args.sparsity_schedule(start=start)
         if self.prunes_at_init() and len(schedule) > 1:
             schedule = [schedule[0], schedule[-1]]
-        self.schedule = schedule
         return schedule
 
     def restore(self) -> None:

@@ -20,7 +20,7 @@ from ..ticket.mask import TicketMask
 from ..utils.parameters import is_peft_model, named_parameters
 from .arguments import LotteryArguments
 from .causal_lm import is_causal_lm, with_perplexity
-from .checks import as_initial_mask, check_datasets, check_resumed_schedule
+from .checks import as_initial_mask, check_datasets, resumed_schedule
 from .distillation import Distiller, frozen_copy, hidden_states_of, load_teacher, logits_of
 from .distributed import broadcast_weights_, check_distributed_setup
 from .enforcement import MaskEnforcerCallback
@@ -332,9 +332,12 @@ class LotteryTrainer(Trainer):
 
     def _restore_run(self) -> tuple[int, str]:
         state = self._run_state.read()
-        check_resumed_schedule(state["schedule"], self.args)
         rounds = self._rounds
-        rounds.schedule = state["schedule"]
+        saved = state["schedule"]
+        planned = rounds.planned_schedule(saved[0])
+        rounds.schedule = resumed_schedule(
+            saved, planned, self.args.output_dir, extendable=not rounds.prunes_at_init()
+        )
         rounds.history = state["history"]
         round_index, phase = state["round"], state["phase"]
         rounds.restore()
