@@ -272,6 +272,17 @@ class LotteryArguments(TrainingArguments):
             "training)."
         },
     )
+    search_round_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "LotteryTrainer: train every round but the last, the rounds whose weights only choose the next "
+            "mask, for this many optimizer steps (with the learning-rate schedule of a round that long); the last "
+            "round, the ticket, trains as configured. A fixed budget where early-bird rounds stop on a criterion: "
+            "with pruning_method='hydra' and pruning_rate=target_sparsity it is the cheap ticket of bench/RESULTS.md "
+            "(one short dense round, HYDRA scores on its weights, the ticket from θ0). Round 0's metric is then that "
+            "of the short training."
+        },
+    )
 
     # Conv nets (granularity="channel" | "stripe")
     channel_regularizer: str = field(
@@ -350,6 +361,8 @@ class LotteryArguments(TrainingArguments):
             raise ValueError(
                 f"early_bird_interval_steps must be a positive step count, got {self.early_bird_interval_steps}."
             )
+        if self.search_round_steps is not None and self.search_round_steps < 1:
+            raise ValueError(f"search_round_steps must be a positive step count, got {self.search_round_steps}.")
         if not 0.0 <= self.early_bird_threshold < 1.0 or self.early_bird_patience < 1:
             raise ValueError(
                 "early_bird_threshold must be in [0, 1) and early_bird_patience >= 1, got "

@@ -95,6 +95,12 @@ class LotteryCallback(TrainerCallback):
                 "finetune_learning_rate sets the learning rate of the rounds after the first, which one training "
                 "run cannot change; use LotteryTrainer(rewind='none'), or leave finetune_learning_rate unset."
             )
+        if mask is None and args.search_round_steps is not None:
+            raise ValueError(
+                "search_round_steps shortens the rounds before the ticket's, and one training run has no rounds: "
+                "LotteryCallback prunes every pruning_interval_steps. Use LotteryTrainer, or unset "
+                "search_round_steps."
+            )
         if teacher is not None and not args.distills:
             raise ValueError("A teacher was given but distill_alpha=0 turns distillation off; set distill_alpha > 0.")
         self._teacher: nn.Module | str | None = teacher if teacher is not None else args.distill_teacher

@@ -121,6 +121,7 @@ _INTEGER_FIELDS = (
     "rewind_step",
     "pruning_seed",
     "pruning_interval_steps",
+    "search_round_steps",
     "synflow_iterations",
     "hydra_epochs",
     "hydra_adversarial_steps",
@@ -205,6 +206,7 @@ TICKET_SETTINGS = (
     "structured_scoring",
     "learning_rate",
     "finetune_learning_rate",
+    "search_round_steps",
 )
 
 

@@ -582,12 +582,15 @@ class LotteryTrainer(Trainer):
         return with_perplexity(metrics) if is_causal_lm(self.accelerator.unwrap_model(self.model)) else metrics
 
     def _round_hyperparameters(self, round_index: int):
-        """Fine-tuning baseline (rewind='none'): later rounds train at a constant, lower learning rate."""
+        """Fine-tuning baseline (rewind='none'): later rounds train at a constant, lower learning rate. Search
+        rounds (`search_round_steps`, every round but the last) stop after that many optimizer steps."""
         args = self.args
         overrides: dict[str, Any] = {}
         if args.rewind == "none" and round_index > 0:
             lr = args.finetune_learning_rate if args.finetune_learning_rate is not None else args.learning_rate / 10
             overrides = {"learning_rate": lr, "lr_scheduler_type": "constant", "warmup_steps": 0}
+        if args.search_round_steps is not None and round_index + 1 < len(self._rounds.schedule):
+            overrides["max_steps"] = args.search_round_steps
         return _temporarily(args, overrides)
 
     def _write_history(self) -> None:
