@@ -15,6 +15,9 @@ For one GLUE task on all-MiniLM-L6-v2 (not BERT-base) and each seed:
                 those weights for `--hydra-epochs` passes over the training data (scores trained, weights frozen;
                 these steps count as the search's too), one shot to the level; the ticket then trains from θ0
                 under that mask, as for gradual
+  hydra-trainer - the hydra run as one `LotteryTrainer`: `search_round_steps=--hydra-warm-steps`,
+                `pruning_method="hydra"`, `hydra_epochs=--hydra-epochs`, `pruning_rate` = the level (one round
+                after round 0); the mask's cost is round 0's steps plus the batches HYDRA read (`next_mask`)
 Both rewind the same way (`--rewind`, default θ0: the ticket is then judged by its mask alone). A level's *cost* is
 the optimizer steps spent before its final round (what finding the mask took: `total_steps` of the round before)
 and the total with the final round; the table compares the early-bird ticket's dev metric and cost to full IMP's
@@ -48,8 +51,9 @@ from hf_lottery import LotteryCallback, TicketMask, prune
 from hf_lottery.training.schedule import sparsity_schedule
 from hf_lottery.utils.io import load_tensors, save_tensors, write_json
 
-RUNS = ("full", "early-bird", "gradual", "hydra")
-SEARCHES = ("hydra", "gradual")  # --report compares the first of these in --runs to full IMP, else early-bird
+RUNS = ("full", "early-bird", "gradual", "hydra", "hydra-trainer")
+SEARCHES = ("hydra", "gradual")  # --report compares the first of these (or hydra-trainer) in --runs to full IMP,
+# else early-bird
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,7 +134,7 @@ def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Pat
     if run == "gradual":
         name = "theta0-magnitude" if opts.gradual_interval == 0 else f"{name}-every{opts.gradual_interval}"
         name += f"-rate{opts.gradual_rate:g}"
-    if run == "hydra":
+    if run in ("hydra", "hydra-trainer"):
         name += f"-warm{opts.hydra_warm_steps}-epochs{opts.hydra_epochs}"
     if run == "early-bird":
         for key, default in EARLY_BIRD_DEFAULTS.items():
@@ -166,6 +170,11 @@ def study(opts: argparse.Namespace) -> None:
         for run in SEARCHES:
             if run in opts.runs:
                 jobs += [(run, target, {}) for target in sorted(opts.targets)]
+        if "hydra-trainer" in opts.runs:  # the HYDRA search as one LotteryTrainer (search_round_steps)
+            hydra = dict(
+                pruning_method="hydra", hydra_epochs=opts.hydra_epochs, search_round_steps=opts.hydra_warm_steps
+            )
+            jobs += [("hydra-trainer", target, hydra) for target in sorted(opts.targets)]
         for run, target, extra in jobs:
             out = run_dir(opts, run, seed, target)
             if history_path(out).is_file():
@@ -174,7 +183,7 @@ def study(opts: argparse.Namespace) -> None:
             if run in SEARCHES:
                 searched(opts, run, out, seed, target, parts)
                 continue
-            rate = opts.rate if run == "full" else opts.eb_rate
+            rate = {"full": opts.rate, "hydra-trainer": target}.get(run, opts.eb_rate)
             largs = lottery_args(out, quality_opts(opts, target, rate), 42 + seed, rewind=opts.rewind, **extra)
             history = run_trainer(out, largs, parts)
             tmp = history_path(out).with_suffix(".tmp")
@@ -295,6 +304,22 @@ def gradual_record(result: dict, target: float, metric: str) -> dict | None:
     }
 
 
+def trainer_search_record(history: list[dict], target: float, metric: str) -> dict | None:
+    """`level_record`'s fields for a `hydra-trainer` run (round 0 of `search_round_steps`, HYDRA's mask, the
+    ticket): the mask costs round 0's optimizer steps and the batches HYDRA's scores read (`next_mask`)."""
+    if len(history) != 2 or abs(history[-1]["sparsity"] - target) > 0.01:
+        return None
+    search, ticket = history
+    steps_to_mask = search["steps"] + search["next_mask"]["scoring_batches"]
+    return {
+        "metric": ticket["metrics"].get(metric),
+        "steps_to_mask": steps_to_mask,
+        "total_steps": steps_to_mask + ticket["steps"],
+        "seconds": sum(r["seconds"] for r in history) + search["next_mask"]["seconds"],
+        "stopped_at": [],
+    }
+
+
 def theta0_overlap(model_init, out: Path, seed: int) -> float:
     """The fraction of the searched mask's pruned weights that global magnitude pruning of θ0 (`model_init`, the
     run's own, seeded as it was) prunes too: the measure of `bench/mask_overlap.py`."""
@@ -326,7 +351,7 @@ def committed_rows(path: str | None) -> dict[tuple[int, float], dict]:
 def report(opts: argparse.Namespace) -> dict:
     """The table of the candidate runs (hydra or gradual if `--runs` names it, else early-bird) against full IMP."""
     metric = "eval_accuracy"
-    candidate = next((run for run in SEARCHES if run in opts.runs), "early-bird")
+    candidate = next((run for run in (*SEARCHES, "hydra-trainer") if run in opts.runs), "early-bird")
     key = candidate.replace("-", "_")
     rows = []
     full_opts = argparse.Namespace(**{**vars(opts), "cache": opts.full_cache or opts.cache})
@@ -346,6 +371,8 @@ def report(opts: argparse.Namespace) -> dict:
                 if record is not None:
                     model_init = model_init or build(opts.task, opts.glue_dir, opts.train_samples, opts.max_len)[2]
                     record["pruned_also_by_theta0_magnitude"] = theta0_overlap(model_init, run_file.parent, seed)
+            elif candidate == "hydra-trainer":
+                record = trainer_search_record(found["history"], target, metric)
             else:
                 record = level_record(found["history"], target, metric)
             full_record = full_rows.get((seed, round(target, 6)), {}).get("full")

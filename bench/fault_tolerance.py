@@ -183,6 +183,8 @@ def comparable_history(output_dir: str) -> list[dict[str, Any]]:
     out = []
     for record in rounds:
         record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
+        if isinstance(record.get("next_mask"), dict):
+            record["next_mask"] = {k: v for k, v in record["next_mask"].items() if k not in TIMING_KEYS}
         record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.endswith(TIMING_METRICS)}
         out.append(record)
     return out

@@ -32,6 +32,7 @@ from .deploy.quantize import quantizable_linears, quantize_linears_
 from .deploy.speed import measure_speed, unpruned_reference
 from .pruning.branches import random_pruning_like, reinitialize_survivors, transfer_ticket
 from .ticket.card import head_of, speed_markdown
+from .ticket.history import mask_cost
 from .ticket.mask import TicketMask
 from .training.arguments import LotteryArguments
 from .training.trainer import LotteryTrainer
@@ -385,6 +386,9 @@ def format_history(records: list[dict[str, Any]], metric: str | None) -> str:
         lines.append(
             f"{r['round']:>5}  {100 * r['sparsity']:7.1f}%  {shown}  {r['steps']:>6}  {total:>7}  {r['seconds']:8.1f}"
         )
+    batches, seconds = mask_cost(records)
+    if batches:
+        lines.append(f"choosing the masks: {batches} batches read by the scorer, {seconds:.1f} s")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from test_trainer import Interrupt, KillAt, Recorder, _assert_equal_weights, _re
 from test_trainer import accuracy as accuracy_metric
 
 from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer, prune
+from hf_lottery.cli import format_history
 from hf_lottery.testing_utils import tiny_model, toy_dataset
 from hf_lottery.training.run_state import snapshot_weights
 
@@ -47,6 +48,8 @@ def test_search_rounds_stop_at_their_budget_with_their_own_schedule_and_the_tick
     assert recorder.first_lr[0] == pytest.approx(1e-3 / 2)
     assert recorder.first_lr[1] == pytest.approx(1e-3 / 2)
     assert recorder.first_lr[2] == pytest.approx(1e-3 * 7 / 8)
+    # magnitude reads no data to choose a mask; the ticket's round chose none
+    assert [r.get("next_mask", {}).get("scoring_batches") for r in history] == [0, 0, None]
     # round 1's mask was chosen from the weights after round 0's 2 steps
     round0_end = recorder.end[0]
     model = tiny_model(seed=1)
@@ -69,6 +72,13 @@ def test_cheap_hydra_ticket_in_one_trainer_starts_from_theta0_under_hydras_mask(
     history = trainer.lottery_history
     assert [r["round"] for r in history] == [0, 1]
     assert [r["steps"] for r in history] == [2, FULL_ROUND]
+    # the cost of HYDRA's mask: one epoch of score steps over the 4 training batches, in the record, table and card
+    assert history[0]["next_mask"]["scoring_batches"] == 4 and history[0]["next_mask"]["seconds"] >= 0
+    assert "next_mask" not in history[1]
+    assert "choosing the masks: 4 batches read by the scorer" in format_history(history, trainer.lottery_metric())
+    trainer.save_model(str(tmp_path / "ticket"))
+    card = (tmp_path / "ticket" / "README.md").read_text()
+    assert "and choosing its masks 4 batches read by the scorer (hydra)" in card
     ticket = trainer.ticket
     assert ticket.sparsity == pytest.approx(0.5, abs=1e-3)
     # the ticket's round starts from θ0 ⊙ m, not from round 0's weights

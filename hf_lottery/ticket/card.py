@@ -19,7 +19,7 @@ from ..constants import LIBRARY_NAME, SPARSITY_PLOT_NAME, TICKET_CARD_NAME, TICK
 from ..utils.io import atomic_path
 from .config import TicketConfig, split_model_kwargs
 from .figures import mask_figures
-from .history import main_metric
+from .history import main_metric, mask_cost
 
 # Architecture suffix -> (pipeline tag, Auto class of the usage snippet).
 _HEADS = (
@@ -151,6 +151,7 @@ def render_ticket_card(
         for r, total in zip(config.history, total_steps)
     ]
     seconds = [r.get("seconds") for r in config.history if isinstance(r.get("seconds"), (int, float))]
+    mask_batches, mask_seconds = mask_cost(config.history)
     report = mask_figures(mask)
     total = report["__total__"]
     layers = [
@@ -185,6 +186,8 @@ def render_ticket_card(
         rounds=rounds,
         cost_steps=_num(total_steps[-1] if total_steps else None),
         cost_seconds=_num(sum(seconds) if seconds else None, 1),
+        cost_scoring_batches=_num(mask_batches) if mask_batches else None,
+        cost_mask_seconds=_num(mask_seconds, 1),
         plot=plot,
         layers=layers,
         lottery_args=sorted(config.lottery_args.items()),

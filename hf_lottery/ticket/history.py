@@ -26,8 +26,11 @@ ROUND_RECORD_FIELDS = {
     "tensor_sparsity": "dict: per masked tensor, the fraction pruned",
     "removed_groups": "dict, structured granularities only: heads and neurons removed in total",
     "early_bird": "dict, early-bird rounds only: stopped_at_step (None: trained to the end) and the mask distances",
+    "next_mask": "dict, rounds the run pruned after: what choosing the next mask from the round's weights cost, "
+    "scoring_batches (batches a scorer read: HYDRA's score steps, calibration passes; 0 for magnitude) and seconds",
 }
-REQUIRED_RECORD_FIELDS = tuple(name for name in ROUND_RECORD_FIELDS if name not in ("removed_groups", "early_bird"))
+OPTIONAL_RECORD_FIELDS = ("removed_groups", "early_bird", "next_mask")
+REQUIRED_RECORD_FIELDS = tuple(name for name in ROUND_RECORD_FIELDS if name not in OPTIONAL_RECORD_FIELDS)
 
 _NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
 
@@ -45,6 +48,21 @@ def main_metric(records: Sequence[dict[str, Any]], preferred: str | None = None)
         if key.startswith("eval_") and key not in _NOT_METRICS:
             return key
     return "eval_loss" if "eval_loss" in metrics else None
+
+
+def mask_cost(history: list[dict[str, Any]]) -> tuple[int, float]:
+    """Scorer batches and seconds spent choosing the masks (the records' `next_mask`); other values are skipped,
+    as a card is rendered from a ticket's untrusted metadata."""
+    batches, seconds = 0, 0.0
+    for record in history:
+        cost = record.get("next_mask")
+        if not isinstance(cost, dict):
+            continue
+        if isinstance(cost.get("scoring_batches"), int) and not isinstance(cost.get("scoring_batches"), bool):
+            batches += cost["scoring_batches"]
+        if isinstance(cost.get("seconds"), (int, float)) and not isinstance(cost.get("seconds"), bool):
+            seconds += float(cost["seconds"])
+    return batches, seconds
 
 
 def write_history(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> None:

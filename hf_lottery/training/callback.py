@@ -240,6 +240,7 @@ class LotteryCallback(TrainerCallback):
         self._record_level(args, state, model)
         batches = _batches(kwargs)
         mask = rounds.next_mask(model, level, self.ticket, batches)
+        rounds.write_history(args.output_dir, args.should_save, self.lottery_args.metric_for_best_model)  # its cost
         weights = rounds.rewind_weights(level, None, steps_run=state.global_step)
         if weights is not None:
             load_weights_(model, weights)

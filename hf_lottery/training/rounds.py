@@ -11,7 +11,8 @@ trained: `LotteryTrainer` trains each round as its own run, `LotteryCallback` re
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,21 @@ from .sharding import unsharded
 logger = logging.get_logger(__name__)
 
 _NO_BATCHES: Batches = lambda: []  # noqa: E731  (methods that need no data never call it)
+
+
+class _CountedBatches:
+    """The batches a scorer reads, counted as it reads them (`len` is the wrapped loader's)."""
+
+    def __init__(self, batches: Iterable[Any]):
+        self.batches, self.count = batches, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.batches:
+            self.count += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]  # TypeError without a length, as the loader's own
 
 
 def check_lottery_arguments(args: Any) -> None:
@@ -167,8 +183,25 @@ class LotteryRounds:
             if self.ticket_at_init is None:
                 raise RuntimeError("The ticket chosen at initialization is missing; start() was not called.")
             return self.ticket_at_init
+        loaders: list[_CountedBatches] = []
+
+        def counted_batches() -> _CountedBatches:
+            loaders.append(_CountedBatches(batches()))
+            return loaders[-1]
+
+        started = time.perf_counter()
         with unsharded(model):  # scores read full weights (a no-op without FSDP)
-            return sync_mask(self.granularity.prune(model, self.args, self.schedule[index], mask, index, batches))
+            chosen = self.granularity.prune(model, self.args, self.schedule[index], mask, index, counted_batches)
+        self._record_mask_cost(index - 1, sum(loader.count for loader in loaders), time.perf_counter() - started)
+        return sync_mask(chosen)
+
+    def _record_mask_cost(self, index: int, scoring_batches: int, seconds: float) -> None:
+        """Add to round `index`'s record what choosing the next mask from its weights cost: the batches a scorer
+        read (HYDRA's score steps, Wanda's and SparseGPT's calibration passes; 0 for magnitude) and the seconds.
+        Written with the next `state.json`, so a resumed run keeps it."""
+        for record in self.history:
+            if record["round"] == index:
+                record["next_mask"] = {"scoring_batches": scoring_batches, "seconds": round(seconds, 3)}
 
     def rewind_weights(
         self, index: int, trained_previous: Callable[[], dict[str, torch.Tensor]] | None, steps_run: Any = "?"
