@@ -50,7 +50,7 @@ class ScoringSpec:
         method (`ScoringMethod`): the function.
         needs_data (`bool`): the method needs `dataloader=` (an iterable of model-ready batches).
         at_init (`bool`): the method chooses the ticket once, from the weights at θ0, at the target sparsity
-            (pruning at initialization: SynFlow, HYDRA) rather than from trained weights round after round.
+            (pruning at initialization: SynFlow) rather than from trained weights round after round.
     """
 
     name: str

@@ -112,7 +112,7 @@ class LotteryRounds:
 
     # -- Start ------------------------------------------------------------------------------------------------
     def prunes_at_init(self) -> bool:
-        """True when the ticket is chosen once from θ0 (SynFlow, HYDRA): the schedule is then dense, target."""
+        """True when the ticket is chosen once from θ0 (SynFlow): the schedule is then dense, target."""
         return self.granularity.prunes_at_init(self.args)
 
     def start(self, model: nn.Module, given_mask: TicketMask | None, batches: Batches = _NO_BATCHES) -> TicketMask:

@@ -319,7 +319,7 @@ class LotteryTrainer(Trainer):
         model = self.model
         broadcast_weights_(model)  # θ0 is the main process's: DDP only syncs the weights it wraps, in round 0.
         rounds = self._rounds
-        # Methods at initialization (SynFlow, HYDRA) choose the ticket once, from θ0: round 0 trains the dense
+        # Methods at initialization (SynFlow) choose the ticket once, from θ0: round 0 trains the dense
         # baseline, round 1 trains the ticket.
         mask = rounds.start(model, self.initial_mask, self.get_train_dataloader)
         self._describe_ticket(mask)
