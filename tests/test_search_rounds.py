@@ -6,33 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer import Interrupt, KillAt, Recorder, _assert_equal_weights, _resume, _strip_timing, make_args
-from test_trainer import accuracy as accuracy_metric
+from test_trainer import _assert_equal_weights, _resume, _strip_timing, build, kill_at
 
-from hf_lottery import LotteryArguments, LotteryCallback, LotteryTrainer, prune
+from hf_lottery import LotteryArguments, LotteryCallback, prune
 from hf_lottery.cli import format_history
-from hf_lottery.testing_utils import tiny_model, toy_dataset
+from hf_lottery.testing_utils import tiny_model
 from hf_lottery.training.run_state import snapshot_weights
 
 # 64 examples, batches of 16, 2 epochs: 8 optimizer steps in a full round.
 FULL_ROUND = 8
 
 
-def run(tmp_path, callbacks=(), **overrides):
-    model = tiny_model(seed=1)
-    theta0 = snapshot_weights(model)
-    ref = [None]
-    recorder = Recorder(ref)
-    trainer = LotteryTrainer(
-        model=model,
-        args=make_args(tmp_path, num_train_epochs=2, **overrides),
-        train_dataset=toy_dataset(64),
-        eval_dataset=toy_dataset(32, seed=1),
-        compute_metrics=accuracy_metric,
-        callbacks=[recorder, *callbacks],
-    )
-    ref[0] = trainer
-    return trainer, recorder, theta0
+def run(tmp_path, **overrides):
+    return build(tmp_path, num_train_epochs=2, **overrides)
 
 
 def test_search_rounds_stop_at_their_budget_with_their_own_schedule_and_the_ticket_trains_to_the_end(tmp_path):
@@ -100,11 +86,7 @@ def test_resume_in_the_middle_of_a_search_round_stops_at_its_budget(tmp_path):
     reference, _, _ = run(tmp_path / "ref", **overrides)
     reference.train()
 
-    ref = [None]
-    killed, _, _ = run(tmp_path / "killed", callbacks=[KillAt(ref, 1, 2)], **overrides)
-    ref[0] = killed
-    with pytest.raises(Interrupt):
-        killed.train()
+    kill_at(tmp_path / "killed", 1, 2, num_train_epochs=2, **overrides)
     resumed = _resume(tmp_path / "killed", num_train_epochs=2, **overrides)
     assert [r["steps"] for r in resumed.lottery_history] == [3, 3, FULL_ROUND]
     assert resumed.ticket == reference.ticket

@@ -59,7 +59,8 @@ class Recorder(TrainerCallback):
         self.end[self.trainer_ref[0].lottery_round] = snapshot_weights(model)
 
 
-def run(tmp_path, **overrides):
+def build(tmp_path, callbacks=(), **overrides):
+    """The trainer of `run`, not yet trained, with a `Recorder` (and `callbacks`); returns it, the recorder, θ0."""
     model = tiny_model(seed=1)
     theta0 = snapshot_weights(model)
     ref = [None]
@@ -70,11 +71,25 @@ def run(tmp_path, **overrides):
         train_dataset=toy_dataset(64),
         eval_dataset=toy_dataset(32, seed=1),
         compute_metrics=accuracy,
-        callbacks=[recorder],
+        callbacks=[recorder, *callbacks],
     )
     ref[0] = trainer
+    return trainer, recorder, theta0
+
+
+def run(tmp_path, **overrides):
+    trainer, recorder, theta0 = build(tmp_path, **overrides)
     trainer.train()
     return trainer, recorder, theta0
+
+
+def kill_at(tmp_path, round_index, step, **overrides):
+    """Train a run in `tmp_path` until `step` of round `round_index`, where it is killed."""
+    ref = [None]
+    trainer, _, _ = build(tmp_path, callbacks=[KillAt(ref, round_index, step)], **overrides)
+    ref[0] = trainer
+    with pytest.raises(Interrupt):
+        trainer.train()
 
 
 def _masked(weights, mask):
@@ -195,18 +210,7 @@ def test_kill_and_resume_gives_the_same_ticket(tmp_path, kill_round, kill_step):
     overrides = dict(save_strategy="steps", save_steps=2, num_train_epochs=2)
     reference, _, _ = run(tmp_path / "ref", **overrides)
 
-    ref = [None]
-    trainer = LotteryTrainer(
-        model=tiny_model(seed=1),
-        args=make_args(tmp_path / "killed", **overrides),
-        train_dataset=toy_dataset(64),
-        eval_dataset=toy_dataset(32, seed=1),
-        compute_metrics=accuracy,
-        callbacks=[KillAt(ref, kill_round, kill_step)],
-    )
-    ref[0] = trainer
-    with pytest.raises(Interrupt):
-        trainer.train()
+    kill_at(tmp_path / "killed", kill_round, kill_step, **overrides)
 
     resumed = LotteryTrainer(
         model=tiny_model(seed=99),  # weights come from the saved state, not from this model
@@ -301,18 +305,7 @@ def test_method_that_prunes_at_theta0_resumes_with_a_rate_below_the_target_but_n
     reference, _, _ = run(tmp_path / "ref", **overrides)
     assert [r["sparsity"] for r in reference.lottery_history] == pytest.approx([0.0, 0.6], abs=1e-3)
 
-    ref = [None]
-    killed = LotteryTrainer(
-        model=tiny_model(seed=1),
-        args=make_args(tmp_path / "killed", **overrides),
-        train_dataset=toy_dataset(64),
-        eval_dataset=toy_dataset(32, seed=1),
-        compute_metrics=accuracy,
-        callbacks=[KillAt(ref, 1, 1)],
-    )
-    ref[0] = killed
-    with pytest.raises(Interrupt):
-        killed.train()
+    kill_at(tmp_path / "killed", 1, 1, **overrides)
     resumed = _resume(tmp_path / "killed", **overrides)
     assert resumed.ticket == reference.ticket
     assert _strip_timing(resumed.lottery_history) == _strip_timing(reference.lottery_history)
