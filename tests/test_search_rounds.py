@@ -107,3 +107,9 @@ def test_search_round_steps_is_checked_and_refused_by_the_callback(tmp_path):
     args = LotteryArguments(output_dir=str(tmp_path), target_sparsity=0.5, search_round_steps=10)
     with pytest.raises(ValueError, match="Use LotteryTrainer, or unset search_round_steps"):
         LotteryCallback(args)
+
+
+def test_search_round_steps_is_refused_with_a_method_that_prunes_at_theta0(tmp_path):
+    # SynFlow's round 0 is the dense baseline, not a search: shortening it would only weaken the reference.
+    with pytest.raises(ValueError, match="search_round_steps needs a method that prunes trained weights"):
+        run(tmp_path, pruning_method="synflow", target_sparsity=0.5, pruning_rate=0.5, search_round_steps=2)

@@ -280,7 +280,8 @@ class LotteryArguments(TrainingArguments):
             "round, the ticket, trains as configured. A fixed budget where early-bird rounds stop on a criterion: "
             "with pruning_method='hydra' and pruning_rate=target_sparsity it is the cheap ticket of bench/RESULTS.md "
             "(one short dense round, HYDRA scores on its weights, the ticket from θ0). Round 0's metric is then that "
-            "of the short training."
+            "of the short training. Refused with pruning_method='synflow' (its ticket is chosen at θ0; no round "
+            "searches)."
         },
     )
 

@@ -67,13 +67,15 @@ def check_lottery_arguments(args: Any) -> None:
         if value not in registered:
             accepted = ", ".join(map(repr, registered))
             raise ValueError(f"{name}={value!r} is not valid; accepted values: {accepted}.")
-    if args.early_bird_interval_steps is not None and args.granularity == "weight":
-        if scoring_spec(args.pruning_method).at_init:
-            raise ValueError(
-                f"early_bird_interval_steps needs a method that prunes trained weights; pruning_method="
-                f"{args.pruning_method!r} chooses the ticket once at θ0. Use magnitude (or random), or unset "
-                "early_bird_interval_steps."
-            )
+    if args.granularity == "weight" and scoring_spec(args.pruning_method).at_init:
+        for setting in ("early_bird_interval_steps", "search_round_steps"):
+            if getattr(args, setting) is not None:
+                # At θ0 no round searches: round 0 is the dense baseline, shortening it only weakens the reference.
+                raise ValueError(
+                    f"{setting} needs a method that prunes trained weights; pruning_method="
+                    f"{args.pruning_method!r} chooses the ticket once at θ0. Use a method that scores trained weights "
+                    f"(magnitude, hydra, ...), or unset {setting}."
+                )
 
 
 def ticket_beside_weights(model: nn.Module) -> TicketMask | None:
