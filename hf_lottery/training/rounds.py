@@ -70,7 +70,7 @@ def check_lottery_arguments(args: Any) -> None:
     if args.granularity == "weight" and scoring_spec(args.pruning_method).at_init:
         for setting in ("early_bird_interval_steps", "search_round_steps"):
             if getattr(args, setting) is not None:
-                # At θ0 no round searches: round 0 is the dense baseline, shortening it only weakens the reference.
+                # At θ0 no trained weights choose a mask: there is no search round to watch or to shorten.
                 raise ValueError(
                     f"{setting} needs a method that prunes trained weights; pruning_method="
                     f"{args.pruning_method!r} chooses the ticket once at θ0. Use a method that scores trained weights "
