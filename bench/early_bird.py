@@ -103,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hydra-warm-steps", type=int, default=115, help="hydra runs: optimizer steps of round 0 before the scores"
     )
     p.add_argument("--hydra-epochs", type=int, default=2, help="hydra runs: passes over the data learning the scores")
+    p.add_argument(
+        "--pruning-seed-offset",
+        type=int,
+        default=None,
+        help="hydra-trainer runs: pruning_seed = the run's seed + this (another draw of HYDRA's dropout, round 0 "
+        "unchanged; a folder per offset)",
+    )
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--cache", default=str(Path(__file__).with_name("_cache") / "early_bird"))
     p.add_argument("--report", action="store_true", help="only write the table from the cache")
@@ -136,6 +143,8 @@ def run_dir(opts: argparse.Namespace, run: str, seed: int, target: float) -> Pat
         name += f"-rate{opts.gradual_rate:g}"
     if run in ("hydra", "hydra-trainer"):
         name += f"-warm{opts.hydra_warm_steps}-epochs{opts.hydra_epochs}"
+    if run == "hydra-trainer" and opts.pruning_seed_offset is not None:
+        name += f"-pseed{opts.pruning_seed_offset}"
     if run == "early-bird":
         for key, default in EARLY_BIRD_DEFAULTS.items():
             value, label = getattr(opts, key), FOLDER_LABELS.get(key, key)
@@ -174,6 +183,8 @@ def study(opts: argparse.Namespace) -> None:
             hydra = dict(
                 pruning_method="hydra", hydra_epochs=opts.hydra_epochs, search_round_steps=opts.hydra_warm_steps
             )
+            if opts.pruning_seed_offset is not None:
+                hydra["pruning_seed"] = 42 + seed + opts.pruning_seed_offset
             jobs += [("hydra-trainer", target, hydra) for target in sorted(opts.targets)]
         for run, target, extra in jobs:
             out = run_dir(opts, run, seed, target)

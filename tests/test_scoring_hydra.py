@@ -163,3 +163,24 @@ def test_the_step_top_k_keeps_exactly_k_largest_with_ties(k):
     assert int(keep.sum()) == k
     if 0 < k < 1000:
         assert values[keep].min() >= values[~keep].max()
+
+
+def test_pruning_seed_and_round_draw_hydras_dropout(tmp_path):
+    """`LotteryArguments.pruning_seed` (plus the round index) seeds HYDRA: the same seed and round give the same
+    mask, another seed or another round with dropout gives another draw; without it, `seed` is used."""
+    from hf_lottery import LotteryArguments
+    from hf_lottery.pruning.prune import prune_with_arguments
+
+    torch.manual_seed(0)
+    model = tiny_model("bert", hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    train = toy_dataset(64, seq_len=10, seed=0)
+
+    def ticket(round_index: int, **kwargs) -> object:
+        args = LotteryArguments(output_dir=str(tmp_path), pruning_method="hydra", max_tensor_sparsity=None, **kwargs)
+        return prune_with_arguments(model, args, 0.6, None, round_index, dataloader=lambda: _loader(train))
+
+    first = ticket(1, seed=3, pruning_seed=10)
+    assert first == ticket(1, seed=99, pruning_seed=10)
+    assert first == ticket(0, seed=99, pruning_seed=11)  # seeded with pruning_seed + round
+    assert first != ticket(1, seed=3, pruning_seed=20)
+    assert first == ticket(1, seed=10)  # no pruning_seed: the run's seed

@@ -150,7 +150,11 @@ class LotteryArguments(TrainingArguments):
         },
     )
     pruning_seed: int | None = field(
-        default=None, metadata={"help": "Seed of stochastic pruning methods (random). Default: seed."}
+        default=None,
+        metadata={
+            "help": "Seed of stochastic pruning steps (random scores, HYDRA's dropout and perturbations, random "
+            "structured choices), plus the round index. Default: seed."
+        },
     )
     pruning_interval_steps: int | None = field(
         default=None,
