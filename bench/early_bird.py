@@ -44,7 +44,7 @@ from pathlib import Path
 
 from _common import machine
 from mask_overlap import pruned_overlap
-from quality import build, lottery_args, run_trainer, seeded_model
+from quality import add_budget_arguments, build, lottery_args, run_trainer, seeded_model
 from transformers import Trainer
 
 from hf_lottery import LotteryCallback, TicketMask, prune
@@ -58,12 +58,7 @@ SEARCHES = ("hydra", "gradual")  # --report compares the first of these (or hydr
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", default="sst2", choices=["sst2", "mrpc"])
-    p.add_argument("--glue-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "glue"))
-    p.add_argument("--train-samples", type=int, default=None)
-    p.add_argument("--epochs", type=float, default=2)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--max-len", type=int, default=128)
+    add_budget_arguments(p)
     p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.6])
     p.add_argument("--rate", type=float, default=0.2, help="fraction of the original weights pruned per round")
     p.add_argument(
@@ -218,10 +213,7 @@ def searched(opts: argparse.Namespace, run: str, out: Path, seed: int, target: f
         save_tensors(mask_file, ticket.to_dict())  # last: its presence says the search is done
     mask = TicketMask(load_tensors(mask_file))
     search = json.loads((search_dir / "search.json").read_text())
-    largs = lottery_args(
-        ticket_dir, quality_opts(opts, target, opts.rate), seed_value, target_sparsity=round(mask.sparsity, 10)
-    )
-    history = run_trainer(ticket_dir, largs, parts, mask=mask)
+    history = train_ticket(opts, ticket_dir, mask, seed_value, parts)
     steps_to_mask = search.get("steps_to_mask")
     if steps_to_mask is None:  # searches recorded before the field: gradual's levels × interval
         steps_to_mask = (len(sparsity_schedule(target, opts.gradual_rate)) - 1) * opts.gradual_interval
@@ -233,6 +225,14 @@ def searched(opts: argparse.Namespace, run: str, out: Path, seed: int, target: f
         "history": history,
     }
     write_json(history_path(out), result)
+
+
+def train_ticket(opts: argparse.Namespace, out: Path, mask: TicketMask, seed: int, parts) -> list[dict]:
+    """Train θ0 under `mask` as full IMP's last round (one round at the mask's sparsity); resumes from `out`."""
+    largs = lottery_args(
+        out, quality_opts(opts, mask.sparsity, opts.rate), seed, target_sparsity=round(mask.sparsity, 10)
+    )
+    return run_trainer(out, largs, parts, mask=mask)
 
 
 def gradual_mask(opts: argparse.Namespace, out: Path, seed: int, target: float, parts) -> tuple[TicketMask, dict]:

@@ -756,14 +756,19 @@ def plot() -> None:
     fig.savefig(Path(__file__).with_name("quality.png"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="sst2", choices=["sst2", "mrpc"])
+def add_budget_arguments(parser: argparse.ArgumentParser, task: str = "sst2", epochs: float = 2) -> None:
+    """The task and training-budget options `build` and `lottery_args` read (shared by the bench's GLUE studies)."""
+    parser.add_argument("--task", default=task, choices=["sst2", "mrpc"])
     parser.add_argument("--glue-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "glue"))
     parser.add_argument("--train-samples", type=int, default=None)
-    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--epochs", type=float, default=epochs)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--max-len", type=int, default=128)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_budget_arguments(parser)
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--rate", type=float, default=0.2, help="fraction of the original weights pruned per round")
     parser.add_argument("--scope", default="global", help="pruning_scope of every pruning: 'global' or 'layer'")

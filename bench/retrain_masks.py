@@ -2,7 +2,7 @@
 
 Each `--mask LABEL=FILE` (a mask saved by a search, `search/mask.safetensors`, or a lottery state's
 `mask_round_N.safetensors`) is trained as a ticket from θ0 — all-MiniLM-L6-v2, not BERT-base — under every
-`--train-seeds` value, exactly as `bench/early_bird.py` trains a searched mask's ticket (one round, the task's
+`--train-seeds` value, with `bench/early_bird.py`'s `train_ticket` (one round, the task's
 budget, the seed fixing the new head's initialisation, dropout and the data order). When masks of the same search
 differ by several points in one training run but overlap across training seeds, the difference was the training
 run's; when the order holds across seeds, the masks differ. Every (mask, seed) run keeps its lottery state under
@@ -22,7 +22,8 @@ import statistics
 from pathlib import Path
 
 from _common import machine
-from quality import build, lottery_args, run_trainer
+from early_bird import train_ticket
+from quality import add_budget_arguments, build
 
 from hf_lottery import TicketMask
 from hf_lottery.utils.io import load_tensors, write_json
@@ -32,12 +33,7 @@ RESULT = "result.json"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="mrpc", choices=["sst2", "mrpc"])
-    p.add_argument("--glue-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "glue"))
-    p.add_argument("--train-samples", type=int, default=None)
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--max-len", type=int, default=128)
+    add_budget_arguments(p, task="mrpc", epochs=3)
     p.add_argument("--rate", type=float, default=0.1, help="pruning_rate recorded in the ticket's arguments")
     p.add_argument("--sampling", default="group_by_length")
     p.add_argument("--mask", action="append", required=True, help="LABEL=FILE, repeatable")
@@ -71,15 +67,7 @@ def study(opts: argparse.Namespace) -> None:
             if (out / RESULT).is_file():
                 continue
             print(f"[retrain_masks] {opts.task} {label} ({mask.sparsity:.1%}) training seed {seed}", flush=True)
-            largs = lottery_args(
-                out,
-                argparse.Namespace(
-                    lr=opts.lr, epochs=opts.epochs, target=mask.sparsity, rate=opts.rate, sampling=opts.sampling
-                ),
-                seed,
-                target_sparsity=round(mask.sparsity, 10),
-            )
-            history = run_trainer(out, largs, parts, mask=mask)
+            history = train_ticket(opts, out, mask, seed, parts)
             write_json(out / RESULT, {"machine": machine(), "mask": str(file), "history": history})
 
 
